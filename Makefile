@@ -1,0 +1,81 @@
+# cri-shim: `make run` serves the CRI on unix:///run/cri-shim/cri-shim.sock; `make test` runs everything.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(CURDIR)/bin
+GOBIN_DIR ?= /usr/local/bin
+CRI_TOOLS_VERSION := v1.37.0
+CRI_API_VERSION := v0.37.2
+export CGO_ENABLED := 0
+export GOFLAGS := -trimpath
+
+# Debian 12 packages the test suite uses (registry, image building, reference runtimes, CNI, Windows headers).
+APT_PACKAGES := docker-registry busybox-static skopeo runc containerd containernetworking-plugins \
+	mingw-w64-common mingw-w64-x86-64-dev util-linux iproute2 nftables iptables libseccomp2 tmux \
+	procps psmisc python3-venv
+
+STUBS := cri_shim/api/api_pb2.py cri_shim/api/api_pb2_grpc.py cri_shim/api/api_pb2.pyi
+
+.PHONY: all run test unit integration conformance conformance-check deps venv stubs tools typecheck clean bench bench-smoke
+
+all: venv stubs
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Stubs are generated from proto/ at build time and never committed or hand-edited.
+# The -I mapping makes the generated modules import each other as cri_shim.api.*.
+$(STUBS) &: proto/runtime/v1/api.proto $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -Icri_shim/api=proto/runtime/v1 \
+		--python_out=. --grpc_python_out=. --pyi_out=. proto/runtime/v1/api.proto
+
+stubs: $(STUBS)
+
+run: venv stubs
+	$(VENV)/bin/cri-shim serve $(ARGS)
+
+deps:
+	@if [ "$$(id -u)" != 0 ]; then echo "make deps: needs root (apt-get)"; exit 1; fi
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# crictl goes on PATH; critest is a `go test -c` binary built from the module cache (see tests/conformance).
+tools: $(GOBIN_DIR)/crictl $(BIN)/critest
+
+$(GOBIN_DIR)/crictl:
+	GOBIN=$(GOBIN_DIR) go install -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRI_TOOLS_VERSION:v%=%)" \
+		sigs.k8s.io/cri-tools/cmd/crictl@$(CRI_TOOLS_VERSION)
+
+$(BIN)/critest:
+	tests/conformance/build-critest.sh $(CRI_TOOLS_VERSION) $@
+
+typecheck: venv stubs
+	$(VENV)/bin/mypy
+
+unit: venv stubs
+	$(PY) -m pytest tests/unit -q
+
+integration: venv stubs tools
+	$(PY) -m pytest tests/integration -q
+
+conformance: venv stubs tools
+	$(PY) -m tests.conformance.run --critest $(BIN)/critest --update
+
+conformance-check: venv stubs tools
+	$(PY) -m tests.conformance.run --critest $(BIN)/critest
+
+test: deps venv stubs tools typecheck
+	$(PY) -m pytest tests -q
+	$(MAKE) conformance-check
+
+clean:
+	rm -rf $(VENV) $(BIN) $(STUBS) build *.egg-info .pytest_cache .mypy_cache

@@ -1,0 +1,197 @@
+"""The daemon's lifecycle: prepare directories, take locks, serve, stop.
+
+Startup order matters: the root lock and the socket lock are taken before
+anything is written, so a second instance fails without touching the first
+one's files; the socket is bound last, so a client that can connect finds a
+daemon that is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import socket
+import stat
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+
+from cri_shim import __version__
+from cri_shim.api import api_pb2_grpc
+from cri_shim.config import Config, parse_host_port
+from cri_shim.errors import StartupError
+from cri_shim.server.context import DaemonContext
+from cri_shim.server.image_service import ImageService
+from cri_shim.server.interceptor import CriInterceptor
+from cri_shim.server.metrics import Metrics
+from cri_shim.server.runtime_service import RuntimeService
+from cri_shim.store.db import MetadataStore
+from runtime.linux import host as linux_host
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 << 20  # what kubelet's client accepts
+SOCKET_MODE = 0o660
+SOCKET_DIR_MODE = 0o750
+
+
+def _mkdir(path: Path, mode: int, what: str) -> None:
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"cannot create {what} directory {path}: {e.strerror}") from None
+    if not path.is_dir():
+        raise StartupError(f"{what} path {path} exists and is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupError(f"{what} directory {path} is not writable by this user (uid {os.getuid()})")
+
+
+def _lock(path: Path, what: str) -> int:
+    """Take an exclusive flock on `path`; the fd lives as long as the daemon."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StartupError(f"cannot create lock file {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartupError(f"another cri-shim (pid {holder}) is already using {what}; "
+                           "stop it or give this instance its own --socket, --root and --state") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def prepare_socket_dir(sock: Path) -> None:
+    """The socket's directory must not be world-accessible; one we create gets mode 0750."""
+    directory = sock.parent
+    existed = directory.exists()
+    _mkdir(directory, SOCKET_DIR_MODE, "socket")
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode & 0o007:
+        if existed:
+            raise StartupError(f"socket directory {directory} is world-accessible (mode {mode:o}); "
+                               "put the socket in a directory of its own")
+        os.chmod(directory, SOCKET_DIR_MODE)  # mkdir's mode was narrowed by the umask, never widened
+
+
+def remove_stale_socket(sock: Path) -> None:
+    """Called with the socket lock held: whatever is at `sock` belongs to a dead daemon."""
+    try:
+        st = os.lstat(sock)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"{sock} exists and is not a socket; refusing to replace it")
+    log.warning("replacing stale socket %s left by a previous run", sock)
+    os.unlink(sock)
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about readiness; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.connect(address)
+        s.sendall(message.encode())
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._stop = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+
+    def _prepare(self, resources: ExitStack) -> DaemonContext:
+        cfg = self.config
+        _mkdir(cfg.root_dir, 0o700, "root")
+        _mkdir(cfg.state_dir, 0o700, "state")
+        prepare_socket_dir(cfg.socket_path)
+        for fd in (_lock(cfg.root_dir / "cri-shim.lock", f"root directory {cfg.root_dir}"),
+                   _lock(cfg.socket_path.with_name(cfg.socket_path.name + ".lock"), f"socket {cfg.socket_path}")):
+            resources.callback(os.close, fd)
+        for sub in ("content", "snapshots"):
+            _mkdir(cfg.root_dir / sub, 0o700, sub)
+        host = linux_host.probe()
+        if cfg.runtime.cgroup_driver == "systemd" and not host.systemd_pid1:
+            raise StartupError("runtime.cgroup_driver = \"systemd\" but systemd is not running as PID 1 on this host; "
+                               "use \"cgroupfs\" (and kubelet's cgroupDriver: cgroupfs)")
+        for problem in host.problems:
+            log.warning("host check: %s (Status will report RuntimeReady=false)", problem)
+        store = MetadataStore.open(cfg.root_dir / "meta.db")
+        resources.callback(store.close)
+        return DaemonContext(config=cfg, store=store, host=host, metrics=Metrics())
+
+    async def run(self) -> None:
+        with ExitStack() as resources:
+            ctx = self._prepare(resources)
+            if self.config.server.metrics_address:
+                host, port = parse_host_port(self.config.server.metrics_address, "server.metrics_address")
+                try:
+                    ctx.metrics.serve(host, port)
+                except OSError as e:
+                    raise StartupError(f"cannot serve metrics on {self.config.server.metrics_address}: "
+                                       f"{e.strerror}") from None
+                resources.callback(ctx.metrics.stop)
+            server = self._server = self._build_server(ctx)
+            await self._bind(server)
+            resources.callback(self._unlink_socket)
+            self._install_signal_handlers()
+            await server.start()
+            log.info("cri-shim %s serving CRI on unix://%s", __version__, self.config.socket_path)
+            sd_notify("READY=1")
+            await self._stop.wait()
+            sd_notify("STOPPING=1")
+            log.info("stopping (grace %.1fs)", self.config.server.shutdown_timeout)
+            await server.stop(self.config.server.shutdown_timeout)
+            log.info("stopped")
+
+    def _build_server(self, ctx: DaemonContext) -> grpc.aio.Server:
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.so_reuseport", 0)]
+        server = grpc.aio.server(interceptors=[CriInterceptor(ctx.metrics)], options=options)
+        api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(ctx), server)  # type: ignore[no-untyped-call]
+        api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(ctx), server)  # type: ignore[no-untyped-call]
+        return server
+
+    async def _bind(self, server: grpc.aio.Server) -> None:
+        sock = self.config.socket_path
+        remove_stale_socket(sock)
+        # Bind with a restrictive umask so the socket is never briefly world-connectable.
+        old = os.umask(0o117)
+        try:
+            server.add_insecure_port(f"unix://{sock}")
+        except RuntimeError as e:
+            raise StartupError(f"cannot listen on unix://{sock}: {e}") from None
+        finally:
+            os.umask(old)
+        os.chmod(sock, SOCKET_MODE)
+
+    def _unlink_socket(self) -> None:
+        try:
+            os.unlink(self.config.socket_path)
+        except FileNotFoundError:
+            pass
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stop.is_set() and self._server is not None:
+            log.warning("second %s: cancelling in-flight RPCs now", sig.name)
+            asyncio.get_running_loop().create_task(self._server.stop(0))
+            return
+        log.info("%s received", sig.name)
+        self._stop.set()

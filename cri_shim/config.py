@@ -1,0 +1,213 @@
+"""Configuration: TOML file (stdlib tomllib) + command-line overrides.
+
+The schema is the set of dataclasses below; each field's `doc` is printed by
+`cri-shim config default` and copied into deploy/config.toml. Unknown keys and
+wrong types are errors naming the file, the key and the reason: a silently
+ignored typo in a runtime's config is a support ticket waiting to happen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cri_shim.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("/etc/cri-shim/config.toml")
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+def _doc(text: str, default: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    socket: str = _doc("CRI endpoint (unix socket, mode 0660). kubelet: --container-runtime-endpoint=unix://<socket>.",
+                       "/run/cri-shim/cri-shim.sock")
+    root: str = _doc("Persistent state: metadata database, image content, snapshots, container bundles.",
+                     "/var/lib/cri-shim")
+    state: str = _doc("Volatile state (tmpfs): pod shim sockets, exit files, pinned namespaces.", "/run/cri-shim")
+    log_level: str = _doc("One of debug, info, warning, error. info logs one line per RPC.", "info")
+    shutdown_timeout: float = _doc("Seconds SIGTERM/SIGINT waits for in-flight RPCs before the daemon exits.", 10.0)
+    metrics_address: str = _doc('Prometheus metrics on http://<address>/metrics; host:port on loopback, port 0 '
+                                'picks a free one, "" disables.', "127.0.0.1:9460")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    cgroup_driver: str = _doc('"cgroupfs" or "systemd" (systemd only when systemd is PID 1). '
+                              "Reported to kubelet by the RuntimeConfig RPC.", "cgroupfs")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    cni_conf_dir: str = _doc("Directory searched for the CNI network config (first .conflist/.conf by name).",
+                             "/etc/cni/net.d")
+    cni_bin_dirs: list[str] = _doc("Directories searched for CNI plugin binaries, in order.",
+                                   ["/opt/cni/bin", "/usr/lib/cni"])
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.server.socket)
+
+    @property
+    def root_dir(self) -> Path:
+        return Path(self.server.root)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.server.state)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def as_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CGROUP_DRIVERS = ("cgroupfs", "systemd")
+
+
+def load(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read `path` (or the default file if it exists), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = str(path) if path else str(DEFAULT_CONFIG_FILE)
+    if path is not None or DEFAULT_CONFIG_FILE.exists():
+        raw = _read_toml(path or DEFAULT_CONFIG_FILE)
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    config: Config = _build(Config, raw, source, "")
+    _validate(config, source)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot read config file (permission denied)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def _build(cls: type[Any], raw: Any, source: str, prefix: str) -> Any:
+    where = f"[{prefix}]" if prefix else "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where}: expected a table, got {_toml_type(raw)}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {_key(prefix, key)} (known keys: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        key = _key(prefix, name)
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, source, key)  # type: ignore[arg-type]
+        else:
+            values[name] = _check_type(hint, value, source, key)
+    return cls(**values)
+
+
+def _check_type(hint: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            raise ConfigError(f"{source}: {key}: expected a list of {_type_name(item)}, got {_toml_type(value)}")
+        return list(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, types.UnionType) or not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: {key}: expected {_type_name(hint)}, got {_toml_type(value)} {value!r}")
+    return value
+
+
+def _validate(config: Config, source: str) -> None:
+    s = config.server
+    for key in ("socket", "root", "state"):
+        if not Path(getattr(s, key)).is_absolute():
+            raise ConfigError(f"{source}: server.{key}: must be an absolute path, got {getattr(s, key)!r}")
+    if len(s.socket.encode()) > UNIX_PATH_MAX:
+        raise ConfigError(f"{source}: server.socket: path is {len(s.socket.encode())} bytes; "
+                          f"unix sockets allow at most {UNIX_PATH_MAX}")
+    if s.log_level not in LOG_LEVELS:
+        raise ConfigError(f"{source}: server.log_level: must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
+    if s.shutdown_timeout < 0:
+        raise ConfigError(f"{source}: server.shutdown_timeout: must be >= 0, got {s.shutdown_timeout}")
+    if s.metrics_address:
+        parse_host_port(s.metrics_address, f"{source}: server.metrics_address")
+    if config.runtime.cgroup_driver not in CGROUP_DRIVERS:
+        raise ConfigError(f"{source}: runtime.cgroup_driver: must be one of {', '.join(CGROUP_DRIVERS)}, "
+                          f"got {config.runtime.cgroup_driver!r}")
+
+
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{what}: expected host:port, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _type_name(hint: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(hint, str(hint))
+
+
+def _toml_type(value: Any) -> str:
+    for t, name in ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"),
+                    (list, "array"), (dict, "table")):
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
+def render_default() -> str:
+    """The full default configuration as commented TOML (`cri-shim config default`)."""
+    lines = ["# cri-shim configuration. Every key is shown with its default value.",
+             "# Path: /etc/cri-shim/config.toml (or `cri-shim serve --config FILE`).", ""]
+    defaults = Config()
+    for section in dataclasses.fields(Config):
+        lines.append(f"[{section.name}]")
+        obj = getattr(defaults, section.name)
+        for f in dataclasses.fields(obj):
+            lines.append(f"# {f.metadata['doc']}")
+            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")

@@ -1,0 +1,26 @@
+"""What the servicers need from the running daemon, built once at startup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cri_shim.config import Config
+from cri_shim.server.metrics import Metrics
+from cri_shim.services.status import HandlerInfo
+from cri_shim.store.db import MetadataStore
+from runtime.linux.host import HostReport
+
+
+@dataclass
+class DaemonContext:
+    config: Config
+    store: MetadataStore
+    host: HostReport
+    metrics: Metrics
+    handlers: list[HandlerInfo] = field(default_factory=lambda: [HandlerInfo(name="")])
+
+    @property
+    def image_dirs(self) -> tuple[Path, ...]:
+        root = self.config.root_dir
+        return (root / "content", root / "snapshots")
