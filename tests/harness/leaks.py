@@ -3,6 +3,11 @@
 The integration suite compares a snapshot taken at session start with one at
 the end; anything new (a mount, a netns, a cgroup, a network link, a cri-shim
 process, a test directory) fails the run with the list of leftovers.
+
+Scope: every daemon a test starts keeps its files under the test base
+directory (CRI_SHIM_TEST_TMP), so mounts and processes are matched by that
+path, which lets several suites run side by side on one machine. Cgroups are
+matched by "cri-shim" in their path; netns and links are host-wide.
 """
 
 from __future__ import annotations
@@ -34,9 +39,9 @@ class Snapshot:
         return out
 
 
-def _mounts() -> frozenset[str]:
+def _mounts(base: Path) -> frozenset[str]:
     lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    return frozenset(line.split()[4] for line in lines)
+    return frozenset(p for p in (line.split()[4] for line in lines) if p.startswith(str(base)))
 
 
 def _netns() -> frozenset[str]:
@@ -55,7 +60,7 @@ def _cgroups() -> frozenset[str]:
         if not top.is_dir() or top.is_symlink():
             continue
         for dirpath, _dirs, _files in os.walk(top):
-            if dirpath != str(top):
+            if "cri-shim" in dirpath[len(str(top)):]:
                 out.add(dirpath)
     return frozenset(out)
 
@@ -64,7 +69,7 @@ def _links() -> frozenset[str]:
     return frozenset(os.listdir("/sys/class/net"))
 
 
-def _processes() -> frozenset[str]:
+def _processes(base: Path) -> frozenset[str]:
     me = os.getpid()
     out = set()
     for pid in os.listdir("/proc"):
@@ -74,7 +79,7 @@ def _processes() -> frozenset[str]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "cri_shim" in cmdline or "cri-shim" in cmdline or "runtime.linux.shim" in cmdline:
+        if str(base) in cmdline:
             out.add(f"{pid}: {cmdline.strip()[:200]}")
     return frozenset(out)
 
@@ -84,8 +89,8 @@ def _test_dirs(base: Path) -> frozenset[str]:
 
 
 def snapshot(test_base: Path) -> Snapshot:
-    return Snapshot(mounts=_mounts(), netns=_netns(), cgroups=_cgroups(), links=_links(),
-                    processes=_processes(), test_dirs=_test_dirs(test_base))
+    return Snapshot(mounts=_mounts(test_base), netns=_netns(), cgroups=_cgroups(), links=_links(),
+                    processes=_processes(test_base), test_dirs=_test_dirs(test_base))
 
 
 def leaked(before: Snapshot, test_base: Path, settle: float = 10.0) -> dict[str, list[str]]:
