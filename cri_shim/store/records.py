@@ -21,9 +21,11 @@ from cri_shim.store.db import MetadataStore
 
 
 class Record(Protocol):
-    id: str
-    name: str
-    state: Any
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
 
     def to_row(self) -> dict[str, Any]: ...
 

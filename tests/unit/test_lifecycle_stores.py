@@ -134,3 +134,27 @@ def test_slow_event_subscriber_is_disconnected() -> None:
         assert events.subscriber_count == 0
 
     asyncio.run(main())
+
+
+def test_undo_stack_reverses_and_survives_a_failing_step() -> None:
+    from cri_shim.services.undo import UndoStack
+
+    done: list[str] = []
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="step 3"):
+            async with UndoStack("test") as undo:
+                undo.push("one", lambda: done.append("1"))
+
+                async def two() -> None:
+                    raise OSError("undo of two fails")
+
+                undo.push("two", two)
+                undo.push("three", lambda: done.append("3"))
+                raise RuntimeError("step 3 failed")
+        async with UndoStack("ok") as undo:
+            undo.push("never", lambda: done.append("never"))
+            undo.commit()
+
+    asyncio.run(main())
+    assert done == ["3", "1"]
