@@ -236,6 +236,8 @@ class _Unpacker:
 
     def _entry(self, tf: tarfile.TarFile, m: tarfile.TarInfo, reader: _CountingReader) -> None:
         comps = self._components(m.name, m.name)
+        if m.size < 0:
+            raise UnpackError("declares a negative size", m.name)
         if m.issparse():
             raise UnpackError("sparse files are not supported in image layers", m.name)
         if m.isreg() and m.size > self.limits.max_bytes - reader.count:
@@ -463,7 +465,8 @@ class _Unpacker:
             return UnpackError(f"parent {where!r} goes through a symlink, not allowed here (or a symlink loop)",
                                entry)
         if e.errno == errno.ENOENT:
-            return UnpackError(f"{where!r} does not exist in the layer", entry)
+            return UnpackError(f"{where!r} does not resolve inside the layer (missing, or a symlink to nothing)",
+                               entry)
         return UnpackError(f"cannot open parent {where!r}: {os.strerror(e.errno or 0)}", entry)
 
     @staticmethod
