@@ -148,7 +148,7 @@ def opaque(dirpath: str) -> Entry:
 
 
 def tree(entries: Iterable[Entry], dir_mtime: float = DEFAULT_MTIME) -> tuple[Entry, ...]:
-    """Entries sorted parents-first, with a 0755 root-owned dir added for every missing parent."""
+    """Entries sorted parents-first (hardlinks last), with a 0755 root-owned dir added for every missing parent."""
     given = {e.path.strip("/"): e for e in entries}
     out = dict(given)
     for p in given:
@@ -156,7 +156,8 @@ def tree(entries: Iterable[Entry], dir_mtime: float = DEFAULT_MTIME) -> tuple[En
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
             out.setdefault(parent, dir_(parent, mtime=dir_mtime))
-    return tuple(out[p] for p in sorted(out, key=lambda s: s.split("/")))
+    # Hardlinks go last: a link entry must follow the entry it links to, wherever that sorts.
+    return tuple(out[p] for p in sorted(out, key=lambda s: (out[s].kind is Kind.HARDLINK, s.split("/"))))
 
 
 class TarFormat(enum.Enum):
