@@ -148,7 +148,8 @@ def opaque(dirpath: str) -> Entry:
 
 
 def tree(entries: Iterable[Entry], dir_mtime: float = DEFAULT_MTIME) -> tuple[Entry, ...]:
-    """Entries sorted parents-first (hardlinks last), with a 0755 root-owned dir added for every missing parent."""
+    """Entries sorted parents-first (a hardlink right after its target), adding a 0755 root-owned dir
+    for every missing parent."""
     given = {e.path.strip("/"): e for e in entries}
     out = dict(given)
     for p in given:
@@ -156,8 +157,16 @@ def tree(entries: Iterable[Entry], dir_mtime: float = DEFAULT_MTIME) -> tuple[En
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
             out.setdefault(parent, dir_(parent, mtime=dir_mtime))
-    # Hardlinks go last: a link entry must follow the entry it links to, wherever that sorts.
-    return tuple(out[p] for p in sorted(out, key=lambda s: (out[s].kind is Kind.HARDLINK, s.split("/"))))
+
+    def key(path: str, depth: int = 0) -> list[str]:
+        # A hardlink must follow the entry it links to: it sorts right after its target.
+        e = out[path]
+        target = e.link.strip("/")
+        if e.kind is Kind.HARDLINK and target in out and depth < 8:
+            return [*key(target, depth + 1), "\0" + path]
+        return path.split("/")
+
+    return tuple(out[p] for p in sorted(out, key=key))
 
 
 class TarFormat(enum.Enum):

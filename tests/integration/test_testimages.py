@@ -146,10 +146,10 @@ def test_nginx_lookalike_is_named_nginx_with_master_process_pid_file_and_200(ima
         env = " ".join(f"'{e}'" for e in cfg["Env"])
         with rootfs(img.image(), workdir) as r:
             out = run(r, f'''chroot "$R" env -i {env} {argv} > /dev/null &
-                for i in $(seq 50); do wget -q -O- http://127.0.0.1:{port}/ >/dev/null 2>&1 && break; sleep 0.1; done
+                for i in $(seq 50); do chroot "$R" wget -q -O- http://127.0.0.1:{port}/ >/dev/null 2>&1 && break; sleep 0.1; done
                 pid=$(cat "$R/var/run/nginx.pid"); echo "pidfile=$pid"
                 chroot "$R" pidof nginx; tr '\\0' ' ' < "$R/proc/$pid/cmdline"; echo
-                wget -S -O /dev/null http://127.0.0.1:{port}/ 2>&1 | grep "HTTP/"; kill $pid''')
+                chroot "$R" wget -S -O /dev/null http://127.0.0.1:{port}/ 2>&1 | grep "HTTP/"; kill $pid''')
         lines = out.stdout.splitlines()
         assert lines[0].startswith("pidfile="), out
         pid = lines[0].removeprefix("pidfile=")
@@ -163,8 +163,8 @@ def test_httpd_lookalike_logs_httpd_and_serves_200(images: dict[str, ti.TestImag
     cfg = config(img)
     with rootfs(img.image(), workdir) as r:
         out = run(r, f'''chroot "$R" env -i '{cfg["Env"][0]}' {" ".join(cfg["Cmd"])} > "$R/../log" 2>&1 &
-            for i in $(seq 50); do wget -q -O- http://127.0.0.1:80/ >/dev/null 2>&1 && break; sleep 0.1; done
-            wget -S -O /dev/null http://127.0.0.1:80/ 2>&1 | grep "HTTP/"; kill $!; cat "$R/../log"''')
+            for i in $(seq 50); do chroot "$R" wget -q -O- http://127.0.0.1:80/ >/dev/null 2>&1 && break; sleep 0.1; done
+            chroot "$R" wget -S -O /dev/null http://127.0.0.1:80/ 2>&1 | grep "HTTP/"; kill $!; cat "$R/../log"''')
     assert "200" in out.stdout and "httpd" in out.stdout.split("\n", 1)[1], out
 
 

@@ -497,3 +497,35 @@ def test_concurrent_symlink_swapper_never_gets_a_write_outside(ws: Workspace) ->
         t.join(10)
     assert outside_state(ws) == before
     assert not (ws.outside / "f0").exists()
+
+
+def test_oversized_pax_and_gnu_long_name_headers_stop_at_the_header_window(ws: Workspace) -> None:
+    """tarfile reads extension headers whole into memory: a 64 MiB one must stop after about 1 MiB."""
+    info = tarfile.TarInfo("x")
+    info.pax_headers = {"comment": "c" * (64 << 20)}
+    pax = info.tobuf(tarfile.PAX_FORMAT) + bytes(1024)
+    stream = CountingReader(io.BytesIO(pax))
+    raw_case(ws, cast(BinaryIO, stream), "tar extension headers exceed")
+    assert stream.read_bytes < 2 << 20
+    gnu = tarfile.TarInfo("n" * (64 << 20)).tobuf(tarfile.GNU_FORMAT) + bytes(1024)
+    raw_case(ws, gnu, "tar extension headers exceed")
+
+
+def test_non_regular_entries_with_data_are_refused(ws: Workspace) -> None:
+    info = tarfile.TarInfo("link")
+    info.type = tarfile.SYMTYPE
+    info.linkname = "target"
+    info.size = 1 << 30  # tarfile would quietly skip a gigabyte of "data"
+    raw_case(ws, info.tobuf(tarfile.PAX_FORMAT) + bytes(4096), "'link': a symlink entry declares 1073741824 bytes")
+
+
+def test_deepest_allowed_tree_replaced_by_a_file_and_removed(ws: Workspace) -> None:
+    target = ws.fresh_target()
+    depth = UnpackLimits().max_depth
+    deep = "/".join(["d"] * (depth - 1)) + "/f"
+    stats = unpack_layer(io.BytesIO(ib.tar_bytes([F(deep, b"deep"), F("d", b"flat")])), target)
+    assert stats.files == 2 and (target / "d").read_bytes() == b"flat"
+    raw_case(ws, ib.tar_bytes([F("/".join(["d"] * depth) + "/f")]), f"deeper than {depth} components")
+    unpack_layer(io.BytesIO(ib.tar_bytes([F(deep, b"deep")])), ws.fresh_target())
+    shutil.rmtree(ws.target)  # the caller's cleanup copes with the deepest tree the unpacker accepts
+    ws.target.mkdir()
