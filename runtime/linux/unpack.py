@@ -72,6 +72,7 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 RESERVED_XATTR_PREFIX = "trusted.overlay."
 PAX_XATTR_PREFIX = "SCHILY.xattr."
 XATTR_SIZE_MAX = 65536
+ID_MAX = (1 << 32) - 2  # uid/gid 2**32-1 is (uid_t)-1, "no change", to chown
 COPY_CHUNK = 1 << 20
 TAR_BUFSIZE = 64 << 10
 # Bytes tarfile may consume while parsing one member's headers (PAX/GNU extension headers are
@@ -246,8 +247,8 @@ class _Unpacker:
         except OSError as e:
             reason = "no space left on the device" if e.errno == errno.ENOSPC else os.strerror(e.errno or 0)
             raise UnpackError(reason, name) from e
-        except ValueError as e:  # e.g. an embedded NUL that slipped past the checks
-            raise UnpackError(str(e), name) from e
+        except (ValueError, OverflowError) as e:  # e.g. a PAX mtime of "inf" or "nan"
+            raise UnpackError(f"invalid value: {e}", name) from e
         self.stats.bytes_read = reader.count
         log.debug("unpacked layer: %s", self.stats)
         return self.stats
@@ -258,6 +259,10 @@ class _Unpacker:
         comps = self._components(m.name, m.name)
         if m.size < 0:
             raise UnpackError("declares a negative size", m.name)
+        for what, value in (("uid", m.uid), ("gid", m.gid), ("device major", m.devmajor),
+                            ("device minor", m.devminor)):
+            if not 0 <= value <= ID_MAX:  # base-256 fields can say -1 (chown's "leave as is") or 2**95
+                raise UnpackError(f"{what} {value} is out of range", m.name)
         if m.issparse():
             raise UnpackError("sparse files are not supported in image layers", m.name)
         if m.size and not m.isreg():

@@ -529,3 +529,24 @@ def test_deepest_allowed_tree_replaced_by_a_file_and_removed(ws: Workspace) -> N
     unpack_layer(io.BytesIO(ib.tar_bytes([F(deep, b"deep")])), ws.fresh_target())
     shutil.rmtree(ws.target)  # the caller's cleanup copes with the deepest tree the unpacker accepts
     ws.target.mkdir()
+
+
+def base256(value: int) -> bytes:
+    """A tar numeric field (8 bytes) in GNU base-256, which can hold negative and huge numbers."""
+    return bytes([0xFF if value < 0 else 0x80]) + (value % (1 << 56)).to_bytes(7, "big")
+
+
+@pytest.mark.parametrize("field_at,value,match", [
+    (108, -1, "uid -1 is out of range"),                    # would make chown leave the owner as is
+    (116, 1 << 40, "gid 1099511627776 is out of range"),
+])
+def test_out_of_range_numeric_fields_are_refused(ws: Workspace, field_at: int, value: int, match: str) -> None:
+    header = bytearray(ib.tar_bytes([F("f", b"")], ib.TarFormat.GNU)[:512])
+    header[field_at:field_at + 8] = base256(value)
+    raw_case(ws, with_checksum(header) + bytes(1024), match)
+
+
+def test_non_finite_pax_mtime_is_refused(ws: Workspace) -> None:
+    info = tarfile.TarInfo("f")
+    info.pax_headers = {"mtime": "inf"}
+    raw_case(ws, info.tobuf(tarfile.PAX_FORMAT) + bytes(1024), "'f': invalid value")
