@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,12 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:{port}
+{auth}"""
+
+AUTH = """auth:
+  htpasswd:
+    realm: cri-shim-test
+    path: {path}
 """
 
 
@@ -56,11 +63,25 @@ class LocalRegistry:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_registry() -> LocalRegistry:
+def htpasswd_line(user: str, password: str) -> str:
+    """A bcrypt htpasswd entry (the registry accepts only bcrypt), via libcrypt's $2b$ method."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+
+
+def start_registry(auth: tuple[str, str] | None = None) -> LocalRegistry:
+    """A registry on a free loopback port; with `auth`, it demands HTTP Basic credentials (htpasswd)."""
     workdir = make_workdir("reg")
     port = free_port()
     cfg = workdir / "config.yml"
-    cfg.write_text(CONFIG.format(root=workdir / "data", port=port))
+    auth_cfg = ""
+    if auth is not None:
+        (workdir / "htpasswd").write_text(htpasswd_line(*auth))
+        auth_cfg = AUTH.format(path=workdir / "htpasswd")
+    cfg.write_text(CONFIG.format(root=workdir / "data", port=port, auth=auth_cfg))
     log = (workdir / "registry.log").open("wb")
     proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
     reg = LocalRegistry(workdir, port, proc)
@@ -70,6 +91,9 @@ def start_registry() -> LocalRegistry:
             with urllib.request.urlopen(f"http://{reg.host}/v2/", timeout=2) as r:
                 if r.status == 200:
                     return reg
+        except urllib.error.HTTPError as e:
+            if e.code == 401:  # up, and asking for credentials
+                return reg
         except OSError:
             if proc.poll() is not None:
                 break

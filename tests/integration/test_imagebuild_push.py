@@ -89,3 +89,19 @@ def test_push_of_a_missing_blob_reference_fails_with_the_registry_message(regist
         ib.push(broken, registry.host, "lay/broken", "v1")
     with pytest.raises(ib.PushError, match="HTTP 400"):
         ib._Registry(f"http://{registry.host}", "lay/broken", None).put_manifest(img.top, "v1")
+
+
+def test_push_with_basic_auth_and_refusal_without_credentials() -> None:
+    reg = start_registry(auth=("pusher", "s3cret-canary"))
+    try:
+        img = image(data=b"authenticated")
+        with pytest.raises(ib.PushError, match="HTTP 401"):
+            ib.push(img, reg.host, "lay/auth", "v1")
+        with pytest.raises(ib.PushError, match="HTTP 401"):
+            ib.push(img, reg.host, "lay/auth", "v1", auth=("pusher", "wrong"))
+        assert ib.push(img, reg.host, "lay/auth", "v1", auth=("pusher", "s3cret-canary"), chunk_size=100) == img.digest
+        info = json.loads(skopeo("inspect", "--tls-verify=false", "--creds", "pusher:s3cret-canary",
+                                 f"docker://{reg.host}/lay/auth:v1"))
+        assert info["Digest"] == img.digest
+    finally:
+        reg.stop()
