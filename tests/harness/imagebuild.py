@@ -579,14 +579,18 @@ def push(image_or_layout: Image | Path, registry: str, repo: str, tag_or_digest:
          layout_ref: str | None = None) -> str:
     """Push an image (or the image `layout_ref`/`tag_or_digest` of an OCI layout) and return its digest.
 
+    `registry` is host:port (plain HTTP when `insecure`) or a URL such as http://127.0.0.1:5000.
     Blobs already in the registry are skipped; with `chunk_size`, blobs go up
     in PATCH chunks instead of one monolithic PUT. Child manifests of an index
     are pushed by digest before the index is put under `tag_or_digest`.
     """
     image = (read_layout(image_or_layout, layout_ref or tag_or_digest)
              if isinstance(image_or_layout, Path) else image_or_layout)
-    scheme = "http" if insecure else "https"
-    reg = _Registry(f"{scheme}://{registry}", repo, auth)
+    if "://" in registry:  # a URL: its scheme decides, e.g. "http://127.0.0.1:5000"
+        base = registry.rstrip("/")
+    else:
+        base = f"{'http' if insecure else 'https'}://{registry}"
+    reg = _Registry(base, repo, auth)
 
     def push_tree(blob: Blob, ref: str | None) -> None:
         for d in _children(blob):

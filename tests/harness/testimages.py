@@ -431,7 +431,8 @@ def build_all(cache_dir: Path = DEFAULT_CACHE) -> list[TestImage]:
 
 def push_all(registry: str, images: Sequence[TestImage] | None = None, cache_dir: Path = DEFAULT_CACHE,
              insecure: bool = True) -> list[TestImage]:
-    """Push every test image to `registry` (host:port) at `<path>:<tag>`, e.g. e2e-test-images/busybox:1.29-2."""
+    """Push every test image to `registry` (host:port or http(s):// URL) at `<path>:<tag>`,
+    e.g. e2e-test-images/busybox:1.29-2."""
     todo = list(images) if images is not None else build_all(cache_dir)
     for t in todo:
         ib.push(t.layout, registry, t.path, t.tag, insecure=insecure, layout_ref=t.name)

@@ -219,7 +219,7 @@ def test_image_service_shapes(images: dict[str, ti.TestImage], workdir: Path) ->
 def test_push_all_serves_every_name_from_a_real_registry(images: dict[str, ti.TestImage]) -> None:
     reg: LocalRegistry = start_registry()
     try:
-        pushed = ti.push_all(reg.host, list(images.values()))
+        pushed = ti.push_all(f"http://{reg.host}", list(images.values()))
         for t in pushed:
             raw = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw",
                                   f"docker://{reg.host}/{t.path}:{t.tag}"],
