@@ -21,6 +21,7 @@ from types import MappingProxyType
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 # prctl(2) options.
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_SECCOMP = 22
 PR_CAPBSET_READ = 23
@@ -59,8 +60,10 @@ MOUNT_ATTR_NOEXEC = 0x8
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_MODE_FILTER = 2
 
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
 _GENERIC_SYSCALLS = MappingProxyType({
-    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+    "close_range": 436, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
     "openat2": 437, "mount_setattr": 442,
 })
 _ARCH_SYSCALLS = MappingProxyType({
@@ -105,6 +108,13 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 def raw_syscall(nr: int, *args: object) -> int:
     """syscall(2); ints must already be ctypes values (variadic: a bare int would be 32 bits)."""
     return int(_syscall(ctypes.c_long(nr), *args))
+
+
+def close_range_cloexec(first: int) -> None:
+    """Mark every fd >= `first` close-on-exec in one syscall (close_range(2), Linux 5.11)."""
+    ret = raw_syscall(syscall_number("close_range"), ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
+                      ctypes.c_uint(CLOSE_RANGE_CLOEXEC))
+    _check(ret, "close_range")
 
 
 # ---------------------------------------------------------------- capabilities

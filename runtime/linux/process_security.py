@@ -17,6 +17,10 @@ BPF, so the child needs no libseccomp.
 is safe in a forked child of a single-threaded process. Its order is runc's
 (libcontainer/init_linux.go finalizeNamespace + standard_init_linux.go):
 
+ 0. every fd but stdio (and `keep_fds`) becomes close-on-exec, and the
+    working directory must be reachable from the container's root: a leaked
+    host directory fd or a cwd left outside the root let a container walk
+    the host filesystem (CVE-2024-21626);
  1. umask;
  2. seccomp, if no_new_privs is off: loading a filter without no_new_privs
     needs CAP_SYS_ADMIN, which is about to be dropped;
@@ -32,13 +36,14 @@ is safe in a forked child of a single-threaded process. Its order is runc's
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from runtime.base import InvalidSpec, Unsupported
-from runtime.linux import capabilities, seccomp, sysctls, users
+from runtime.linux import capabilities, libc_calls, seccomp, sysctls, users
 
 
 @dataclass(frozen=True)
@@ -131,12 +136,38 @@ def prepare(spec: Mapping[str, Any], rootfs: str | Sequence[str] | None = None,
     )
 
 
-def apply(prepared: PreparedSecurity) -> None:
+def seal_fds(keep_fds: Sequence[int] = ()) -> None:
+    """Mark every fd >= 3 close-on-exec except `keep_fds`, so nothing of the runtime reaches the program."""
+    libc_calls.close_range_cloexec(3)
+    for fd in keep_fds:
+        os.set_inheritable(fd, True)
+
+
+def check_cwd() -> None:
+    """Fail if the working directory is not reachable from the process's root (it would be a host path)."""
+    try:
+        cwd = os.getcwd()  # glibc fails with ENOENT for the kernel's "(unreachable)/..." answer
+    except FileNotFoundError:
+        cwd = ""
+    if not cwd.startswith("/"):
+        raise OSError(errno.ENOENT, "the working directory is outside the container's root")
+
+
+def set_dumpable(on: bool) -> None:
+    """PR_SET_DUMPABLE: the container init should run non-dumpable until execve, so no process already
+    in the container can open its /proc/<pid>/exe (the host binary: CVE-2019-5736) or ptrace it."""
+    libc_calls.prctl(libc_calls.PR_SET_DUMPABLE, 1 if on else 0)
+
+
+def apply(prepared: PreparedSecurity, keep_fds: Sequence[int] = ()) -> None:
     """Switch the calling (child) process to the prepared identity and confinement. Call last before execve.
 
+    `keep_fds`: fds above 2 the program is meant to inherit (OCI LISTEN_FDS-style preserved fds).
     Raises OSError naming the step that failed; the caller reports it and exits.
     """
     caps = prepared.caps
+    seal_fds(keep_fds)
+    check_cwd()
     if prepared.umask is not None:
         os.umask(prepared.umask)
     if prepared.seccomp is not None and not prepared.no_new_privs:

@@ -12,7 +12,11 @@ applies the security state and execs argv; the parent exits with the
 child's status. A failure in the child prints "APPLY-ERROR ..." and exits 4.
 Setup steps (in order): {"unshare": clone flags} (a new mount namespace is
 made private at once, so nothing reaches the host), {"bind": [src, dst]},
-{"sysctls": "/proc/sys"}, {"mask": root}. `run()` drives it from a test.
+{"sysctls": "/proc/sys"}, {"mask": root}, {"leak_fd": path} (opens it
+inheritable, as a careless runtime would), {"chroot": path} (without chdir),
+{"chdir": path}. With "keep_leaked" the leaked fds are passed as keep_fds;
+with "check_imports" the child fails if `apply` imported any module.
+`run()` drives it from a test.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ def _user_request(raw: dict[str, Any] | None) -> Any:
     return users.UserRequest(policy=policy, **raw)
 
 
-def _setup(steps: list[dict[str, Any]], prepared: Any) -> None:
+def _setup(steps: list[dict[str, Any]], prepared: Any) -> list[int]:
     from runtime.linux import masked_paths, sysctls
 
     libc = ctypes.CDLL(None, use_errno=True)
+    leaked = []
     for step in steps:
         if "unshare" in step:
             if libc.unshare(step["unshare"]) != 0:
@@ -58,6 +63,15 @@ def _setup(steps: list[dict[str, Any]], prepared: Any) -> None:
             sysctls.write_sysctls(prepared.sysctls, step["sysctls"])
         elif "mask" in step:
             masked_paths.mask_paths(step["mask"], prepared.masked_paths, prepared.readonly_paths)
+        elif "leak_fd" in step:
+            fd = os.open(step["leak_fd"], os.O_RDONLY)
+            os.set_inheritable(fd, True)
+            leaked.append(fd)
+        elif "chroot" in step:
+            os.chroot(step["chroot"])
+        elif "chdir" in step:
+            os.chdir(step["chdir"])
+    return leaked
 
 
 def main() -> int:
@@ -75,8 +89,11 @@ def main() -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            _setup(request.get("setup") or [], prepared)
-            process_security.apply(prepared)
+            leaked = _setup(request.get("setup") or [], prepared)
+            before = set(sys.modules)
+            process_security.apply(prepared, leaked if request.get("keep_leaked") else ())
+            if request.get("check_imports") and set(sys.modules) != before:
+                raise RuntimeError(f"apply imported {sorted(set(sys.modules) - before)}")
             os.execv(argv[0], argv)
         except BaseException as e:  # the child must never return into the parent's code
             os.write(2, f"APPLY-ERROR {e}\n".encode())
@@ -88,8 +105,10 @@ def main() -> int:
 
 def run(spec: dict[str, Any], argv: list[str], *, rootfs: str | None = None,
         user: dict[str, Any] | None = None, setup: list[dict[str, Any]] | None = None,
+        keep_leaked: bool = False, check_imports: bool = False,
         timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    request = {"spec": spec, "argv": argv, "rootfs": rootfs, "user": user, "setup": setup or []}
+    request = {"spec": spec, "argv": argv, "rootfs": rootfs, "user": user, "setup": setup or [],
+               "keep_leaked": keep_leaked, "check_imports": check_imports}
     return subprocess.run([sys.executable, "-m", "tests.harness.secure_exec"], input=json.dumps(request),
                           capture_output=True, text=True, cwd=REPO, timeout=timeout, check=False)
 

@@ -300,3 +300,32 @@ def test_socket_module_still_works_under_runtime_default() -> None:
     r = run(make_spec(), [PYTHON, "-c", "import socket; a, b = socket.socketpair(); a.send(b'x'); print(b.recv(1))"])
     assert r.stdout.strip() == "b'x'", r.stderr
     assert socket.AF_INET == 2
+
+
+# ---------------------------------------------------------------- CVE-2024-21626: fds and cwd
+
+
+def test_leaked_host_fds_do_not_reach_the_program(workdir: Path) -> None:
+    setup = [{"leak_fd": str(workdir)}]
+    r = run(make_spec(), ["/bin/sh", "-c", "ls -l /proc/$$/fd"], setup=setup)
+    assert r.returncode == 0, r.stderr
+    assert str(workdir) not in r.stdout
+    contrast = run(make_spec(), ["/bin/sh", "-c", "ls -l /proc/$$/fd"], setup=setup, keep_leaked=True)
+    assert str(workdir) in contrast.stdout
+
+
+def test_working_directory_outside_the_root_is_refused(workdir: Path) -> None:
+    root = workdir / "root"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin/busybox")
+    (workdir / "outside").mkdir()
+    escape = [{"unshare": CLONE_NEWNS}, {"chdir": str(workdir / "outside")}, {"chroot": str(root)}]
+    r = run(make_spec(), ["/bin/busybox", "pwd"], setup=escape)
+    assert r.returncode == 4 and "outside the container's root" in r.stderr
+    r = run(make_spec(), ["/bin/busybox", "pwd"], setup=[*escape, {"chdir": "/"}])
+    assert r.returncode == 0 and r.stdout == "/\n", r.stderr
+
+
+def test_apply_imports_nothing_in_the_child() -> None:
+    r = run(make_spec(uid=1000, gid=1000), ["/bin/true"], check_imports=True)
+    assert r.returncode == 0, r.stderr
