@@ -14,7 +14,10 @@ Setup steps (in order): {"unshare": clone flags} (a new mount namespace is
 made private at once, so nothing reaches the host), {"bind": [src, dst]},
 {"sysctls": "/proc/sys"}, {"mask": root}, {"leak_fd": path} (opens it
 inheritable, as a careless runtime would), {"chroot": path} (without chdir),
-{"chdir": path}. With "keep_leaked" the leaked fds are passed as keep_fds;
+{"chdir": path}, {"inherit": mask} (raise these capabilities into the
+inheritable set, as a parent with a sloppy set would), {"mount_in_root":
+[root, path]} (a tmpfs at `path` resolved inside `root` through
+runtime.linux.root_paths, with a file "mounted" in it). With "keep_leaked" the leaked fds are passed as keep_fds;
 with "check_imports" the child fails if `apply` imported any module.
 `run()` drives it from a test.
 """
@@ -71,7 +74,28 @@ def _setup(steps: list[dict[str, Any]], prepared: Any) -> list[int]:
             os.chroot(step["chroot"])
         elif "chdir" in step:
             os.chdir(step["chdir"])
+        elif "inherit" in step:
+            from runtime.linux import libc_calls
+
+            eff, perm, inh = libc_calls.capget()
+            libc_calls.capset(eff, perm, inh | step["inherit"])
+        elif "mount_in_root" in step:
+            _mount_tmpfs_in_root(*step["mount_in_root"])
     return leaked
+
+
+def _mount_tmpfs_in_root(root: str, path: str) -> None:
+    from runtime.linux import libc_calls, root_paths
+
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    target = root_paths.mkdirs_in_root(root_fd, path)
+    ctx = libc_calls.fsopen("tmpfs")
+    libc_calls.fsconfig(ctx, libc_calls.FSCONFIG_CMD_CREATE)
+    mnt = libc_calls.fsmount(ctx, 0)
+    libc_calls.move_mount(mnt, target)
+    marker = os.open("mounted", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=mnt)
+    for fd in (marker, mnt, ctx, target, root_fd):
+        os.close(fd)
 
 
 def main() -> int:
