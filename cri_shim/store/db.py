@@ -29,6 +29,18 @@ MIGRATIONS: list[tuple[int, str]] = [
             value TEXT NOT NULL
         );
     """),
+    (2, """
+        CREATE TABLE sandboxes (
+            id   TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            body TEXT NOT NULL
+        );
+        CREATE TABLE containers (
+            id   TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            body TEXT NOT NULL
+        );
+    """),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
