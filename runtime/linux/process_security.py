@@ -87,7 +87,8 @@ def _check_lsm(process: Mapping[str, Any], linux: Mapping[str, Any]) -> None:
 
 
 def prepare_process(process: Mapping[str, Any], seccomp_profile: Mapping[str, Any] | None,
-                    field_prefix: str = "process") -> PreparedSecurity:
+                    field_prefix: str = "process",
+                    cache: seccomp.FilterCache | None = None) -> PreparedSecurity:
     """Validate an OCI `process` (a container's, or an exec's) with the container's seccomp profile."""
     if not isinstance(process, Mapping):
         raise InvalidSpec(field_prefix, "must be an object")
@@ -100,18 +101,24 @@ def prepare_process(process: Mapping[str, Any], seccomp_profile: Mapping[str, An
     nnp = process.get("noNewPrivileges", False)
     if not isinstance(nnp, bool):
         raise InvalidSpec(f"{field_prefix}.noNewPrivileges", "must be true or false")
-    compiled = seccomp.compile_profile(seccomp_profile) if seccomp_profile is not None else None
+    if seccomp_profile is None:
+        compiled = None
+    elif cache is not None:
+        compiled = cache.compile(seccomp_profile)
+    else:
+        compiled = seccomp.compile_profile(seccomp_profile)
     return PreparedSecurity(uid, gid, groups, caps, nnp, compiled, umask)
 
 
 def prepare(spec: Mapping[str, Any], rootfs: str | Sequence[str] | None = None,
-            user: users.UserRequest | None = None) -> PreparedSecurity:
+            user: users.UserRequest | None = None, cache: seccomp.FilterCache | None = None) -> PreparedSecurity:
     """Validate and compile the security parts of an OCI spec (parent side).
 
     With `user` and `rootfs` (a rootfs dir, or image layer dirs lowest
     first), the user is resolved in the image and replaces `process.user`;
     normally the spec builder has already done that with
-    `users.resolve_user`, so the same config.json works for runc.
+    `users.resolve_user`, so the same config.json works for runc. `cache`
+    (one per shim) saves recompiling a seccomp profile seen before.
     """
     process = spec.get("process")
     if not isinstance(process, Mapping):
@@ -125,7 +132,7 @@ def prepare(spec: Mapping[str, Any], rootfs: str | Sequence[str] | None = None,
             raise InvalidSpec("process.user", "resolving a user needs the rootfs")
         resolved = users.resolve_user(rootfs, user)
         process = {**process, "user": {**(process.get("user") or {}), **resolved.to_oci()}}
-    base = prepare_process(process, linux.get("seccomp"))
+    base = prepare_process(process, linux.get("seccomp"), cache=cache)
     raw_sysctls = linux.get("sysctl") or {}
     checked = sysctls.check_sysctls(raw_sysctls, _namespaces(linux), "linux.sysctl")
     return PreparedSecurity(

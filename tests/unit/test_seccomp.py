@@ -299,3 +299,22 @@ def test_legacy_profile_path_strings(value: str, expected: tuple[ProfileType | N
 def test_legacy_profile_path_unknown_is_rejected() -> None:
     with pytest.raises(InvalidSpec, match="unknown seccomp profile"):
         seccomp.parse_legacy_profile_path("apparmor/x", "f")
+
+
+def test_filter_cache_reuses_compiled_filters_and_stays_bounded() -> None:
+    cache = seccomp.FilterCache(max_entries=2)
+    default = seccomp.runtime_default_profile(capabilities.DEFAULT_CAPABILITIES)
+    first = cache.compile(default)
+    assert cache.compile(json.loads(json.dumps(default))) is first  # same content, another object
+    admin = cache.compile(seccomp.runtime_default_profile([*capabilities.DEFAULT_CAPABILITIES, "CAP_SYS_ADMIN"]))
+    assert admin.bpf != first.bpf
+    cache.compile(profile_with(action="SCMP_ACT_ERRNO"))
+    assert len(cache) == 2
+    assert cache.compile(default) is not first  # evicted, compiled again
+
+
+def test_filter_cache_does_not_cache_errors() -> None:
+    cache = seccomp.FilterCache()
+    with pytest.raises(InvalidSpec):
+        cache.compile({"defaultAction": "SCMP_ACT_NOPE"})
+    assert len(cache) == 0
