@@ -28,7 +28,7 @@ VERSION = 3
 MAX_FRAME_PAYLOAD = (1 << 24) - 1        # the 24-bit length field
 MAX_HEADER_BLOCK = 64 * 1024             # decompressed; k8s clients send a few hundred bytes
 MAX_HEADER_PAIRS = 256
-SEND_CHUNK = 64 * 1024                   # DATA payload we send per frame
+SEND_CHUNK = 64 * 1024
 
 FLAG_FIN = 0x01
 FLAG_UNIDIRECTIONAL = 0x02
