@@ -257,6 +257,7 @@ class HostProcessTarget:
     containers: dict[str, Container] = field(default_factory=dict)
     exec_sessions: set[ExecSession] = field(default_factory=set)
     refuse_ports: set[int] = field(default_factory=set)
+    execs_started: int = 0
 
     async def start_container(self, container_id: str, args: list[str], stdin_once: bool = False) -> Container:
         pipe = asyncio.subprocess.PIPE
@@ -273,6 +274,7 @@ class HostProcessTarget:
         if container_id.startswith("missing"):
             raise ObjectNotFound(f"container {container_id} not found")
         session = await spawn_exec(spec)
+        self.execs_started += 1
         self.exec_sessions.add(session)
         proc = session.proc
 
