@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from runtime.base import IOSession, StreamKind
@@ -30,6 +30,7 @@ STREAM_ERROR, STREAM_STDIN, STREAM_STDOUT, STREAM_STDERR, STREAM_RESIZE = (
 SPDY_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io")
 JSON_STATUS_PROTOCOLS = ("v4.channel.k8s.io", "v5.channel.k8s.io", "v4.base64.channel.k8s.io")
 MAX_RESIZE_BUFFER = 4096
+FIRST_SIZE_WAIT = 0.5   # tty: how long to wait for the initial size before starting anyway
 OUTPUT_GRACE = 2.0   # after the process exits, output still arriving within this gap is delivered
 
 
@@ -137,7 +138,8 @@ def _size(obj: object) -> tuple[int, int]:
     return w, h
 
 
-OpenSession = Callable[[], Awaitable[IOSession]]
+TerminalSize = tuple[int, int]  # (width, height)
+OpenSession = Callable[[TerminalSize | None], Awaitable[IOSession]]  # gets the client's first terminal size
 
 
 @dataclass
@@ -150,10 +152,12 @@ class RemoteCommand:
     cmd: tuple[str, ...]          # exec: for the status message; attach: ()
     is_exec: bool
     _output_seen: int = 0         # chunks delivered so far; lets the drain notice quiet output
+    _resize_buf: bytearray = field(default_factory=bytearray)  # resize bytes not yet parsed
 
     async def run(self, open_session: OpenSession, client_gone: asyncio.Event) -> None:
+        initial = await self._first_size()
         try:
-            session = await open_session()
+            session = await open_session(initial)
         except Exception as e:  # noqa: BLE001 - any failure to start is reported to the client, not raised
             log.info("streaming: %s failed to start: %s", "exec" if self.is_exec else "attach", e)
             await self._finish(Outcome(error=getattr(e, "message", str(e))))
@@ -221,12 +225,33 @@ class RemoteCommand:
         finally:
             ch.stop_reading()
 
+    async def _first_size(self) -> TerminalSize | None:
+        """The client's terminal size, which clients send first thing; waits at most FIRST_SIZE_WAIT."""
+        ch = self.channels.resize
+        if ch is None or not self.tty:
+            return None
+        deadline = asyncio.get_running_loop().time() + FIRST_SIZE_WAIT
+        try:
+            while not (sizes := parse_resizes(self._resize_buf)):
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    return None
+                chunk = await asyncio.wait_for(ch.read(), left)
+                if not chunk:
+                    return None
+                self._resize_buf += chunk
+        except (TimeoutError, ValueError, UnicodeDecodeError):
+            return None
+        return sizes[-1]
+
     async def _pump_resize(self, session: IOSession) -> None:
         ch = self.channels.resize
         if ch is None:
             return
-        buf = bytearray()
+        buf = self._resize_buf
         try:
+            for width, height in parse_resizes(buf):
+                await session.resize(width, height)
             while chunk := await ch.read():
                 buf += chunk
                 if len(buf) > MAX_RESIZE_BUFFER:

@@ -31,8 +31,8 @@ from cri_shim.config import StreamingConfig
 from cri_shim.streaming import websocket as wsmod
 from cri_shim.streaming.portforward import PROTOCOL as PORTFORWARD_PROTOCOL
 from cri_shim.streaming.portforward import PortForwardSession
-from cri_shim.streaming.remotecommand import (SPDY_PROTOCOLS, Channel, Channels, RemoteCommand,
-                                              expected_spdy_streams)
+from cri_shim.streaming.remotecommand import (SPDY_PROTOCOLS, Channel, Channels, OpenSession, RemoteCommand,
+                                              TerminalSize, expected_spdy_streams)
 from cri_shim.streaming.requests import (AttachRequest, ExecRequest, PortForwardRequest, StreamRequest,
                                          validate_attach, validate_exec, validate_port_forward)
 from cri_shim.streaming.spdy import FrameError, SpdyConnection, SpdyStream
@@ -51,7 +51,10 @@ PATH_RE = re.compile(r"^/(exec|attach|portforward)/([A-Za-z0-9_-]{1,64})$")
 class StreamTarget(Protocol):
     """What the streaming server drives: the pod shim in the daemon."""
 
-    async def open_exec(self, container_id: str, spec: ExecSpec) -> IOSession: ...
+    async def open_exec(self, container_id: str, spec: ExecSpec, size: TerminalSize | None) -> IOSession:
+        """Start the process. With `spec.tty`, `size` (width, height) is the client's terminal size: give the
+        pty that size before the process starts, else the program may read 0x0 (`stty size` right away)."""
+        ...
 
     async def open_attach(self, container_id: str, stdin: bool, stdout: bool, stderr: bool) -> IOSession: ...
 
@@ -321,16 +324,22 @@ class StreamingServer:
             spec = ExecSpec(args=request.cmd, tty=request.tty, stdin=request.stdin, stdout=request.stdout,
                             stderr=request.stderr and not request.tty)
             cmd = RemoteCommand(channels, protocol, request.tty, request.cmd, is_exec=True)
-            opener: Callable[[], Awaitable[IOSession]] = lambda: self._target.open_exec(request.container_id, spec)
+            opener: OpenSession = lambda size: self._target.open_exec(request.container_id, spec, size)
         else:
             cmd = RemoteCommand(channels, protocol, request.tty, (), is_exec=False)
-            opener = lambda: self._target.open_attach(request.container_id, request.stdin, request.stdout,  # noqa: E731
-                                                      request.stderr and not request.tty)
+            opener = lambda size: self._attach(request, size)
         self.sessions_running += 1
         try:
             await cmd.run(opener, gone)
         finally:
             self.sessions_running -= 1
+
+    async def _attach(self, request: AttachRequest, size: TerminalSize | None) -> IOSession:
+        session = await self._target.open_attach(request.container_id, request.stdin, request.stdout,
+                                                 request.stderr and not request.tty)
+        if size is not None:
+            await session.resize(*size)  # the container's terminal follows the attaching client
+        return session
 
     async def _run_spdy_portforward(self, source: Callable[[], Awaitable[bytes]],
                                     sink: Callable[[bytes], Awaitable[None]], request: PortForwardRequest,

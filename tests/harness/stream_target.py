@@ -135,10 +135,12 @@ async def _pump(stream: asyncio.StreamReader, kind: StreamKind, queue: asyncio.Q
         queue.put_nowait(None)
 
 
-async def spawn_exec(spec: ExecSpec) -> ExecSession:
+async def spawn_exec(spec: ExecSpec, size: tuple[int, int] | None = None) -> ExecSession:
     queue: asyncio.Queue[Chunk] = asyncio.Queue()
     if spec.tty:
         master, slave = os.openpty()
+        if size is not None:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
         try:
             proc = await asyncio.create_subprocess_exec(*spec.args, stdin=slave, stdout=slave, stderr=slave,
                                                         start_new_session=True)
@@ -270,10 +272,10 @@ class HostProcessTarget:
         self.containers[container_id] = c
         return c
 
-    async def open_exec(self, container_id: str, spec: ExecSpec) -> IOSession:
+    async def open_exec(self, container_id: str, spec: ExecSpec, size: tuple[int, int] | None) -> IOSession:
         if container_id.startswith("missing"):
             raise ObjectNotFound(f"container {container_id} not found")
-        session = await spawn_exec(spec)
+        session = await spawn_exec(spec, size)
         self.execs_started += 1
         self.exec_sessions.add(session)
         proc = session.proc

@@ -84,12 +84,12 @@ def test_exec_ends_when_the_process_exits_although_stdin_stays_open(srv: ServerT
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_tty_exec_applies_resizes_seen_by_stty_size(srv: ServerThread, transport: str) -> None:
-    url = exec_url(srv, ["sh", "-c", "sleep 1; stty size"], tty=True, stdin=True)
+def test_tty_exec_starts_with_the_clients_size_and_applies_resizes(srv: ServerThread, transport: str) -> None:
+    url = exec_url(srv, ["sh", "-c", "stty size; sleep 1; stty size"], tty=True, stdin=True)
     r = client(["exec", "-transport", transport, "-tty", "-stdin", "-resize", "80x24,100x30", "-url", url],
                stdin=None)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().endswith(b"30 100"), r.stdout
+    assert r.stdout.split() == [b"24", b"80", b"30", b"100"], r.stdout
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -7,8 +7,10 @@ host-process stand-in for the pod shim (real processes and ptys).
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import gc
+import json
 import os
 import random
 import socket
@@ -24,6 +26,7 @@ from cri_shim.streaming import spdy
 from tests.harness.spdy_client import RawSpdyClient, upgrade
 from tests.harness.stream_server import CLIENT_BIN, ServerThread, build_client, client
 from tests.harness.stream_target import ExecSession
+from tests.harness.ws_client import RawWsClient
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +228,60 @@ def test_1000_dropped_tty_sessions_leave_no_process_fd_thread_or_memory_behind(s
     assert grown < 10 * 1024, f"RSS grew {grown} KiB over 1,000 sessions"
     live = [o for o in gc.get_objects() if isinstance(o, (spdy.SpdyConnection, spdy.SpdyStream, ExecSession))]
     assert live == [], f"{len(live)} session objects still referenced"
+
+
+# ---------------------------------------------------------------- WebSocket protocols the Go clients don't offer
+
+
+def test_websocket_v4_binary_channels_and_json_status(srv: ServerThread) -> None:
+    url = srv.call(srv.server.exec_url, "ctr", ["sh", "-c", "echo -n out; echo -n err >&2; exit 5"], False, False,
+                   True, True)
+    c = RawWsClient(url, "v4.channel.k8s.io")
+    assert c.accepted == "v4.channel.k8s.io"
+    msgs = [m for m in c.messages() if isinstance(m, bytes)]
+    c.close()
+    by_channel: dict[int, bytes] = {}
+    for m in msgs:
+        by_channel[m[0]] = by_channel.get(m[0], b"") + m[1:]
+    assert by_channel[1] == b"out" and by_channel[2] == b"err"
+    status = json.loads(by_channel[3])
+    assert status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "5"}]
+
+
+def test_websocket_v4_base64_channels_are_text(srv: ServerThread) -> None:
+    url = srv.call(srv.server.exec_url, "ctr", ["head", "-c", "12"], False, True, True, False)
+    c = RawWsClient(url, "v4.base64.channel.k8s.io")
+    assert c.accepted == "v4.base64.channel.k8s.io"
+    c.send_text("0" + base64.b64encode(b"hello base64").decode())
+    msgs = c.messages()
+    c.close()
+    assert all(isinstance(m, str) for m in msgs)
+    by_channel: dict[str, bytes] = {}
+    for m in msgs:
+        assert isinstance(m, str)
+        by_channel[m[0]] = by_channel.get(m[0], b"") + base64.b64decode(m[1:])
+    assert by_channel["1"] == b"hello base64"
+    assert json.loads(by_channel["3"]) == {"metadata": {}, "status": "Success"}
+
+
+def test_websocket_garbage_closes_only_that_connection(srv: ServerThread) -> None:
+    healthy = _long_session(srv)
+    try:
+        for payload in (b"\x82\x7f" + b"\xff" * 8,          # 64-bit length with the top bit set
+                        b"\x0f\x80\x00\x00\x00\x00",         # reserved opcode
+                        b"\x82\x05hello",                     # unmasked client frame
+                        os.urandom(200)):
+            url = srv.call(srv.server.exec_url, "ctr", ["sleep", "60"], False, True, True, True)
+            c = RawWsClient(url, "v5.channel.k8s.io")
+            c.sock.sendall(payload)
+            c.sock.settimeout(10)
+            try:
+                while c.sock.recv(65536):
+                    pass
+            except ConnectionError:
+                pass
+            c.close()
+    finally:
+        _finish(healthy, b"ws still here\n")
+    _settle(srv)
