@@ -197,7 +197,7 @@ class RemoteCommand:
         while not output.done() and not gone.done():
             mark = self._output_seen
             waiting: set[asyncio.Future[Any]] = {output, gone}
-            await asyncio.wait(waiting, timeout=OUTPUT_GRACE)
+            await asyncio.wait(waiting, timeout=OUTPUT_GRACE, return_when=asyncio.FIRST_COMPLETED)
             if mark == self._output_seen:
                 return
 

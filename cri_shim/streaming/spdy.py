@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 VERSION = 3
-MAX_FRAME_PAYLOAD = (1 << 24) - 1        # the 24-bit length field
+# The wire allows 16 MiB frames; Go peers write 32 KiB (io.Copy's buffer), so 1 MiB leaves headroom
+# while bounding what one hostile frame can make us buffer.
+MAX_FRAME_PAYLOAD = 1 << 20
 MAX_HEADER_BLOCK = 64 * 1024             # decompressed; k8s clients send a few hundred bytes
 MAX_HEADER_PAIRS = 256
 SEND_CHUNK = 64 * 1024
@@ -325,7 +327,7 @@ def encode_syn_stream(comp: HeaderCompressor, stream_id: int, headers: Headers, 
 ByteSource = Callable[[], Awaitable[bytes]]   # next bytes from the peer; b"" at EOF
 ByteSink = Callable[[bytes], Awaitable[None]]  # send bytes (waits while the peer is slow)
 
-INBOX_FRAMES = 64  # per-stream queued DATA frames before the connection reader waits (backpressure)
+INBOX_FRAMES = 16  # per-stream queued DATA frames before the connection reader waits (backpressure)
 
 
 @dataclass(eq=False)
