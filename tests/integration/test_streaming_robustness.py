@@ -285,3 +285,32 @@ def test_websocket_garbage_closes_only_that_connection(srv: ServerThread) -> Non
     finally:
         _finish(healthy, b"ws still here\n")
     _settle(srv)
+
+
+# ---------------------------------------------------------------- port-forward stream checks
+
+
+def test_portforward_streams_without_a_valid_port_or_type_are_reset(srv: ServerThread) -> None:
+    c = RawSpdyClient(upgrade(srv.call(srv.server.portforward_url, "sb"), ("portforward.k8s.io",)))
+    c.sock.settimeout(10)
+    bad = [c.open_stream({"streamType": "error", "requestID": "1"}),                       # no port
+           c.open_stream({"streamType": "data", "port": "99999", "requestID": "2"}),      # out of range
+           c.open_stream({"streamType": "stdin", "port": "80", "requestID": "3"})]        # not error/data
+    frames = c.frames(until=spdy.RstStream)
+    while len([f for f in frames if isinstance(f, spdy.RstStream)]) < 3:
+        frames += c.frames(until=spdy.RstStream)
+    assert sorted(f.stream_id for f in frames if isinstance(f, spdy.RstStream)) == bad
+    c.close()
+    _settle(srv)
+
+
+def test_portforward_half_a_pair_is_reset_after_the_creation_timeout(srv: ServerThread) -> None:
+    c = RawSpdyClient(upgrade(srv.call(srv.server.portforward_url, "sb"), ("portforward.k8s.io",)))
+    c.sock.settimeout(10)
+    sid = c.open_stream({"streamType": "error", "port": "80", "requestID": "0"})
+    start = time.monotonic()
+    frames = c.frames(until=spdy.RstStream)
+    assert spdy.RstStream(sid, spdy.RstStatus.CANCEL) in frames
+    assert 1.5 < time.monotonic() - start < 8   # the configured 2 s
+    c.close()
+    _settle(srv)
