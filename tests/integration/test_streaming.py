@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cri_shim.config import StreamingConfig
 from tests.harness.stream_server import CLIENT_BIN, ServerThread, build_client, client
 
 TRANSPORTS = ["spdy", "websocket"]

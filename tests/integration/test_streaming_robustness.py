@@ -314,3 +314,22 @@ def test_portforward_half_a_pair_is_reset_after_the_creation_timeout(srv: Server
     assert 1.5 < time.monotonic() - start < 8   # the configured 2 s
     c.close()
     _settle(srv)
+
+
+def test_spdy_v3_gets_plain_text_failure_on_the_error_stream(srv: ServerThread) -> None:
+    url = srv.call(srv.server.exec_url, "ctr", ["sh", "-c", "echo -n x; exit 2"], False, False, True, False)
+    c = RawSpdyClient(upgrade(url, ("v3.channel.k8s.io",)))
+    c.sock.settimeout(10)
+    err = c.open_stream({"streamType": "error"})
+    out = c.open_stream({"streamType": "stdout"})
+    frames = c.frames()
+    c.close()
+
+    def data(sid: int) -> bytes:
+        return b"".join(f.data for f in frames if isinstance(f, spdy.Data) and f.stream_id == sid)
+
+    assert data(out) == b"x"
+    assert data(err).startswith(b"command terminated with non-zero exit code") and data(err).endswith(b"exit code 2")
+    fins = {f.stream_id for f in frames if isinstance(f, spdy.Data) and f.flags & spdy.FLAG_FIN}
+    assert {err, out} <= fins
+    _settle(srv)
