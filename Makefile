@@ -51,7 +51,7 @@ deps:
 	fi
 
 # crictl goes on PATH; critest is a `go test -c` binary built from the module cache (see tests/conformance).
-tools: $(GOBIN_DIR)/crictl $(BIN)/critest
+tools: $(GOBIN_DIR)/crictl $(BIN)/critest $(BIN)/streaming-client
 
 $(GOBIN_DIR)/crictl:
 	GOBIN=$(GOBIN_DIR) go install -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRI_TOOLS_VERSION:v%=%)" \
@@ -59,6 +59,10 @@ $(GOBIN_DIR)/crictl:
 
 $(BIN)/critest:
 	tests/conformance/build-critest.sh $(CRI_TOOLS_VERSION) $@
+
+# The streaming tests' client: client-go's executors and dialers at the versions crictl $(CRI_TOOLS_VERSION) uses.
+$(BIN)/streaming-client: tests/streaming_client/main.go tests/streaming_client/go.mod tests/streaming_client/go.sum
+	cd tests/streaming_client && go build -o $@ .
 
 typecheck: venv stubs
 	$(VENV)/bin/mypy
@@ -81,3 +85,7 @@ test: deps venv stubs tools typecheck
 
 clean:
 	rm -rf $(VENV) $(BIN) $(STUBS) build *.egg-info .pytest_cache .mypy_cache
+
+.PHONY: bench-streaming
+bench-streaming: venv stubs $(BIN)/streaming-client
+	$(PY) bench/streaming.py

@@ -9,6 +9,7 @@ ignored typo in a runtime's config is a support ticket waiting to happen.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import tomllib
 import types
@@ -57,10 +58,23 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class StreamingConfig:
+    address: str = _doc("IP address of the streaming server (Exec/Attach/PortForward URLs). Keep it on loopback: "
+                        "kubelet proxies to it and the URLs carry no other authentication.", "127.0.0.1")
+    port: int = _doc("TCP port of the streaming server; 0 picks a free port at start.", 0)
+    idle_timeout: float = _doc("Seconds a streaming connection may stay silent before it is closed (4 h).", 14400.0)
+    stream_creation_timeout: float = _doc("Seconds a client has to open all streams of a session (and both "
+                                          "streams of a port-forward pair).", 30.0)
+    max_tokens: int = _doc("Streaming URLs handed out but not yet used (each valid 1 minute); more are refused "
+                           "with RESOURCE_EXHAUSTED.", 1000)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
     @property
     def socket_path(self) -> Path:
@@ -158,9 +172,25 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: server.shutdown_timeout: must be >= 0, got {s.shutdown_timeout}")
     if s.metrics_address:
         parse_host_port(s.metrics_address, f"{source}: server.metrics_address")
+    _validate_streaming(config.streaming, source)
     if config.runtime.cgroup_driver not in CGROUP_DRIVERS:
         raise ConfigError(f"{source}: runtime.cgroup_driver: must be one of {', '.join(CGROUP_DRIVERS)}, "
                           f"got {config.runtime.cgroup_driver!r}")
+
+
+def _validate_streaming(st: StreamingConfig, source: str) -> None:
+    try:
+        ipaddress.ip_address(st.address)
+    except ValueError:
+        raise ConfigError(f"{source}: streaming.address: must be an IP address (e.g. 127.0.0.1 or ::1), "
+                          f"got {st.address!r}") from None
+    if not 0 <= st.port <= 65535:
+        raise ConfigError(f"{source}: streaming.port: must be 0-65535, got {st.port}")
+    for key in ("idle_timeout", "stream_creation_timeout"):
+        if getattr(st, key) <= 0:
+            raise ConfigError(f"{source}: streaming.{key}: must be > 0 seconds, got {getattr(st, key)}")
+    if st.max_tokens < 1:
+        raise ConfigError(f"{source}: streaming.max_tokens: must be >= 1, got {st.max_tokens}")
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:
