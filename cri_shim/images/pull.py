@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cri_shim.errors import CriError, DeadlineExceeded, FailedPrecondition, ResourceExhausted
+from cri_shim.errors import CriError, DeadlineExceeded, FailedPrecondition
 from cri_shim.images import auth, hosts, manifest, platform
 from cri_shim.images.auth import Credentials
 from cri_shim.images.cancel import Cancelled, CancelToken
@@ -317,8 +317,10 @@ class Puller:
             self._unpack(diff, temp)  # type: ignore[arg-type]  # a sequential reader is all unpack_layer uses
             diff.drain()  # the tar's end-of-archive padding, and anything after it, is part of the diff_id
         except (RuntimeFailure, CriError) as e:
-            if isinstance(e, CriError) and not isinstance(e, FailedPrecondition) or isinstance(e, ResourceExhausted):
-                raise  # cancelled, network failure, budget: already says what happened
+            # The unpacker wraps errors of the stream it reads (ours) as their cause.
+            cause = e.__cause__ if isinstance(e.__cause__, CriError) else e
+            if isinstance(cause, CriError) and not isinstance(cause, FailedPrecondition):
+                raise cause from None  # cancelled, network failure, byte budget: already says what happened
             # A corrupt download usually shows up first as a bad tar or gzip stream: report the real cause.
             try:
                 compressed.drain()

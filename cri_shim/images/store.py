@@ -25,13 +25,15 @@ any point leaves at most garbage that the next start removes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from cri_shim.config import Config
 from cri_shim.errors import FailedPrecondition, NotFound
-from cri_shim.images import reference
+from cri_shim.images import platform, reference
 from cri_shim.images.auth import Credentials
 from cri_shim.images.content import ContentStore
 from cri_shim.images.leases import Leases
@@ -41,6 +43,7 @@ from cri_shim.images.pull import Puller, PullSettings, Unpacker
 from cri_shim.images.snapshots import ZERO, SnapshotStore, Usage, disk_usage
 from cri_shim.store.db import MetadataStore
 from cri_shim.types import ImageId
+from runtime.linux.unpack import UnpackLimits, unpack_layer
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +262,21 @@ class ImageStore:
     def remove_user(self, container_id: str) -> None:
         if self.metadata.remove_user(container_id):
             self.collect_garbage()
+
+
+def build(config: Config, db: MetadataStore) -> ImageStore:
+    """The daemon's image store, from `[registry]` and `[images]`, opened (recovered) and ready."""
+    r, i = config.registry, config.images
+    settings = PullSettings(config_path=r.config_path, credentials_file=r.credentials_file,
+                            max_concurrent_downloads=i.max_concurrent_downloads,
+                            progress_timeout=i.pull_progress_timeout,
+                            platform=platform.parse(i.platform) if i.platform else platform.host(),
+                            max_layer_bytes=i.max_layer_bytes)
+    limits = UnpackLimits(max_bytes=i.max_layer_bytes or UnpackLimits().max_bytes)
+    store = ImageStore(config.root_dir, db, settings, functools.partial(unpack_layer, limits=limits),
+                       pinned=i.pinned_images)
+    store.open()
+    return store
 
 
 def _pinned_names(pinned: list[str]) -> set[str]:
