@@ -97,7 +97,7 @@ def parse(text: str) -> Reference:
     if at:
         validate_digest(digest, f"image reference {text!r}: digest")
     name, tag = _split_tag(remainder)
-    if tag and not _TAG.match(tag):
+    if (tag or remainder.endswith(":")) and not _TAG.match(tag):
         raise InvalidArgument(f"image reference {text!r}: invalid tag {tag!r} (letters, digits, '_', '.', '-'; "
                               "at most 128 characters, not starting with '.' or '-')")
     domain, path = _split_domain(name)

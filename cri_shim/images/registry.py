@@ -327,10 +327,10 @@ class RegistryClient:
             except Cancelled:
                 raise
             except CriError as e:
-                if not host.is_mirror or host is hosts[-1]:
-                    raise
-                log.info("%s: mirror %s failed, trying the next host: %s", what, host, e.message)
                 failures.append((host, e))
+                if not host.is_mirror:
+                    break  # the upstream's own failure is final
+                log.info("%s: mirror %s failed, trying the next host: %s", what, host, e.message)
         raise _combine(what, failures)
 
     # ------------------------------------------------------------ requests
