@@ -134,14 +134,17 @@ class Puller:
             shared.waiters += 1
             return shared
 
-    def _leave(self, table: dict[tuple[str, ...], _Shared], shared: _Shared, reason: str) -> None:
+    def _leave(self, table: dict[tuple[str, ...], _Shared], shared: _Shared, reason: str) -> bool:
+        """Stop waiting for `shared`; True if that cancelled it (nobody else was waiting)."""
         with self._lock:
             shared.waiters -= 1
             if shared.waiters > 0 or shared.future.done():
-                return
+                return False
             if table.get(shared.key) is shared:
                 del table[shared.key]
         shared.token.cancel(reason)
+        shared.future.cancel()  # still queued for a worker: never starts
+        return True
 
     def _finished(self, table: dict[tuple[str, ...], _Shared], shared: _Shared, _done: object) -> None:
         with self._lock:
@@ -260,8 +263,10 @@ class Puller:
                     usage[layer.chain_id] = result
             return usage
         finally:
-            for shared in joined:
-                self._leave(self._transfers, shared, "no pull needs this layer any more")
+            cancelled = [s.future for s in joined if self._leave(self._transfers, s, "no pull needs this layer any more")]
+            # Let cancelled transfers finish their cleanup before the leases go and garbage collection runs,
+            # so none of them commits a blob or snapshot after the collection looked.
+            concurrent.futures.wait(cancelled)
 
     # ---------------------------------------------------------------- one layer (on a layer thread)
 
