@@ -280,3 +280,26 @@ def test_images_survive_a_restart(registry: LocalRegistry, hosts_dir: Path) -> N
         remove(c, ref)
     finally:
         stop_and_clean(d)
+
+
+def test_pull_by_digest_records_only_the_digest(registry: LocalRegistry, daemon: Daemon) -> None:
+    image = small_image("by-digest")
+    index = ib.build_index([image])
+    push(registry, index, "k8s-staging-cri-tools/test-image-digest", "unused-tag")
+    by_digest = f"gcr.io/k8s-staging-cri-tools/test-image-digest@{index.digest}"
+    c = daemon.client()
+    ref = pull(c, by_digest)
+    st = status(c, by_digest)
+    assert st is not None and st.id == ref == image.config_digest
+    assert list(st.repo_tags) == [] and list(st.repo_digests) == [by_digest]
+    # the platform manifest's own digest is a valid reference too, and adds a second repo digest
+    manifest_ref = f"gcr.io/k8s-staging-cri-tools/test-image-digest@{image.digest}"
+    assert pull(c, manifest_ref) == ref
+    st = status(c, ref)
+    assert st is not None and sorted(st.repo_digests) == sorted([by_digest, manifest_ref])
+    # a digest the registry does not have
+    missing = f"{registry.host}/k8s-staging-cri-tools/test-image-digest@sha256:" + "9" * 64
+    err = rpc_error(pull, c, missing)
+    assert err.code() == grpc.StatusCode.NOT_FOUND and missing in err.details()
+    remove(c, by_digest)
+    assert status(c, manifest_ref) is None

@@ -360,3 +360,31 @@ def test_redirect_to_another_host_gets_no_credentials(hosts_dir: Path) -> None:
         stop_and_clean(d)
         proxy.stop()
         reg.stop()
+
+
+def test_kill_9_during_a_pull_leaves_nothing_after_restart(registry: LocalRegistry, proxy: FaultProxy,
+                                                           hosts_dir: Path) -> None:
+    image = small_image("crash", extra=[ib.file("payload", os.urandom(300_000))])
+    ib.push(image, registry.host, "faults/crash", "v1")
+    stalled = layer_digests(image)[1]
+    proxy.rules.append(Rule(pattern=f"/blobs/{stalled}", action="stall"))
+    insecure(hosts_dir, proxy.host)
+    d = daemon_for(hosts_dir)
+    try:
+        c = d.client()
+        caller = threading.Thread(target=lambda: rpc_error(pull, c, f"{proxy.host}/faults/crash:v1", timeout=30))
+        caller.start()
+        deadline = time.monotonic() + 10
+        while not any(stalled in s.path for s in proxy.seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the other layer has been committed by now; the stalled one is mid-download
+        d.kill9()
+        caller.join()
+        d.start()
+        c = d.client()
+        assert listed(c) == []
+        assert store_files(d) == ([], [])
+        proxy.rules.clear()
+        assert pull(c, f"{proxy.host}/faults/crash:v1") == image.config_digest
+    finally:
+        stop_and_clean(d)
