@@ -23,6 +23,7 @@ import re
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -50,7 +51,12 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:{port}
-{auth}"""
+{tls}{auth}"""
+
+TLS = """  tls:
+    certificate: {cert}
+    key: {key}
+"""
 
 HTPASSWD_AUTH = """auth:
   htpasswd:
@@ -80,11 +86,13 @@ def bcrypt_hash(password: str) -> str:
         return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))  # cost 4: fast tests
 
 
-def wait_http(url: str, ok: Callable[[int], bool], proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
+def wait_http(url: str, ok: Callable[[int], bool], proc: subprocess.Popen[bytes] | None, timeout: float = 20,
+              cafile: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, context=context) as r:
                 if ok(r.status):
                     return
         except urllib.error.HTTPError as e:
@@ -221,6 +229,7 @@ class LocalRegistry:
     proc: subprocess.Popen[bytes]
     password: str = ""
     token_server: TokenServer | None = None
+    ca_cert: Path | None = None        # set when serving https: the certificate to trust
 
     @property
     def host(self) -> str:
@@ -228,7 +237,7 @@ class LocalRegistry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.ca_cert else 'http'}://{self.host}"
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -250,10 +259,24 @@ class LocalRegistry:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_registry(auth: str | None = None, refresh_token: str = "") -> LocalRegistry:
-    """docker-registry on 127.0.0.1:<free port>; auth None, "htpasswd" (Basic) or "token" (Bearer)."""
+def self_signed(workdir: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (the certificate is also the CA to trust)."""
+    cert, key = workdir / f"{name}.crt", workdir / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def start_registry(auth: str | None = None, refresh_token: str = "", tls: bool = False) -> LocalRegistry:
+    """docker-registry on 127.0.0.1:<free port>; auth None, "htpasswd" (Basic) or "token" (Bearer); https with tls."""
     workdir = make_workdir("reg")
     port = free_port()
+    tls_yaml = ""
+    ca_cert = None
+    if tls:
+        ca_cert, key = self_signed(workdir, "registry")
+        tls_yaml = TLS.format(cert=ca_cert, key=key)
     password = secrets.token_hex(12) if auth else ""
     token_server = None
     auth_yaml = ""
@@ -268,12 +291,12 @@ def start_registry(auth: str | None = None, refresh_token: str = "") -> LocalReg
     elif auth is not None:
         raise ValueError(f"unknown auth {auth!r}")
     cfg = workdir / "config.yml"
-    cfg.write_text(CONFIG.format(root=workdir / "data", port=port, auth=auth_yaml))
+    cfg.write_text(CONFIG.format(root=workdir / "data", port=port, auth=auth_yaml, tls=tls_yaml))
     with open(workdir / "registry.log", "wb") as log:
         proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
-    reg = LocalRegistry(workdir, port, proc, password, token_server)
+    reg = LocalRegistry(workdir, port, proc, password, token_server, ca_cert)
     try:
-        wait_http(f"{reg.url}/v2/", lambda status: status in (200, 401), proc)
+        wait_http(f"{reg.url}/v2/", lambda status: status in (200, 401), proc, cafile=ca_cert)
     except RuntimeError:
         log_text = reg.log_text()
         reg.stop()

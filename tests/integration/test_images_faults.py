@@ -388,3 +388,51 @@ def test_kill_9_during_a_pull_leaves_nothing_after_restart(registry: LocalRegist
         assert pull(c, f"{proxy.host}/faults/crash:v1") == image.config_digest
     finally:
         stop_and_clean(d)
+
+
+# ---------------------------------------------------------------- TLS
+
+
+def push_over_tls(reg: LocalRegistry, image: ib.Image, repo: str, tag: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:  # only the test's push trusts the CA; the daemon started later does not
+        assert reg.ca_cert is not None
+        m.setenv("SSL_CERT_FILE", str(reg.ca_cert))
+        ib.push(image, reg.host, repo, tag, insecure=False, auth=reg.auth)
+
+
+def test_https_registry_is_trusted_only_with_its_ca(hosts_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = start_registry(tls=True)
+    image = small_image("tls")
+    push_over_tls(reg, image, "tls/app", "v1", monkeypatch)
+    d = daemon_for(hosts_dir)
+    name = f"{reg.host}/tls/app:v1"
+    try:
+        c = d.client()
+        err = rpc_error(pull, c, name)
+        assert "TLS certificate not trusted" in err.details() and "ca" in err.details(), err.details()
+        write_hosts(hosts_dir, reg.host, f'server = "https://{reg.host}"\nca = "{reg.ca_cert}"\n')
+        assert pull(c, name) == image.config_digest
+        remove(c, name)
+        write_hosts(hosts_dir, reg.host, f'server = "https://{reg.host}"\nskip_verify = true\n')
+        assert pull(c, name) == image.config_digest
+    finally:
+        stop_and_clean(d)
+        reg.stop()
+
+
+def test_plain_http_token_realm_of_an_https_registry_gets_no_credentials(hosts_dir: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = start_registry(auth="token", tls=True)
+    image = small_image("tls-token")
+    push_over_tls(reg, image, "tls/private", "v1", monkeypatch)
+    assert reg.token_server is not None
+    seen_before = len(reg.token_server.requests)
+    write_hosts(hosts_dir, reg.host, f'server = "https://{reg.host}"\nca = "{reg.ca_cert}"\n')
+    d = daemon_for(hosts_dir)
+    try:
+        err = rpc_error(pull, d.client(), f"{reg.host}/tls/private:v1", auth=auth_config(USER, reg.password))
+        assert "plain-http token realm" in err.details() and reg.password not in err.details()
+        assert len(reg.token_server.requests) == seen_before
+    finally:
+        stop_and_clean(d)
+        reg.stop()
