@@ -40,7 +40,7 @@ from cri_shim.images.metadata import ImageMetadata, ImageRecord, LayerRecord
 from cri_shim.images.reference import Reference
 from cri_shim.images.registry import RegistryClient
 from cri_shim.images.snapshots import SnapshotStore, Usage, chain_ids, disk_usage
-from cri_shim.images.streams import ClosableSource, CompressedReader, Decompressor, DiffReader
+from cri_shim.images.streams import ClosableSource, CompressedReader, Decompressor
 from cri_shim.types import ImageId
 from runtime.base import RuntimeFailure
 
@@ -290,11 +290,11 @@ class Puller:
         temp: Path | None = None
         try:
             compressed = CompressedReader(source, ingest)
-            diff: DiffReader | None = None
+            diff: Decompressor | None = None
             if need_snapshot:
                 temp = self.snapshots.new_temp()
-                diff = DiffReader(Decompressor(compressed, manifest.layer_compression(layer.desc), what),
-                                  self.settings.max_layer_bytes, what)
+                diff = Decompressor(compressed, manifest.layer_compression(layer.desc), self.settings.max_layer_bytes,
+                                    what)
                 self._extract(diff, temp, compressed, layer, what)
             compressed.drain()
             _verify_blob(compressed, layer.desc, what)
@@ -317,7 +317,7 @@ class Puller:
                 self.snapshots.discard(temp)
             source.close()
 
-    def _extract(self, diff: DiffReader, temp: Path, compressed: CompressedReader, layer: _Layer, what: str) -> None:
+    def _extract(self, diff: Decompressor, temp: Path, compressed: CompressedReader, layer: _Layer, what: str) -> None:
         try:
             self._unpack(diff, temp)  # type: ignore[arg-type]  # a sequential reader is all unpack_layer uses
             diff.drain()  # the tar's end-of-archive padding, and anything after it, is part of the diff_id

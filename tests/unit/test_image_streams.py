@@ -11,13 +11,13 @@ import pytest
 
 from cri_shim.errors import FailedPrecondition, ResourceExhausted
 from cri_shim.images.manifest import Compression
-from cri_shim.images.streams import CompressedReader, Decompressor, DiffReader
+from cri_shim.images.streams import CompressedReader, Decompressor
 from tests.harness import imagebuild
 
 
-def pipeline(blob: bytes, compression: Compression, budget: int = 0) -> tuple[CompressedReader, DiffReader]:
+def pipeline(blob: bytes, compression: Compression, budget: int = 0) -> tuple[CompressedReader, Decompressor]:
     compressed = CompressedReader(io.BytesIO(blob), None)
-    return compressed, DiffReader(Decompressor(compressed, compression, "layer L"), budget, "layer L")
+    return compressed, Decompressor(compressed, compression, budget, "layer L")
 
 
 def sha(data: bytes) -> str:
