@@ -11,9 +11,11 @@ export CGO_ENABLED := 0
 export GOFLAGS := -trimpath
 
 # Debian 12 packages the test suite uses (registry, image building, reference runtimes, CNI, Windows headers).
+# gcc + libc6-dev build the static nonewprivs/pause programs of tests/harness/testimages.py; Debian's dynamic
+# `busybox` conflicts with busybox-static, so testimages fetches its .deb with `apt-get download` instead.
 APT_PACKAGES := docker-registry busybox-static skopeo runc containerd containernetworking-plugins \
 	mingw-w64-common mingw-w64-x86-64-dev util-linux iproute2 nftables iptables libseccomp2 tmux \
-	procps psmisc python3-venv openssl
+	procps psmisc python3-venv openssl gcc libc6-dev
 
 STUBS := cri_shim/api/api_pb2.py cri_shim/api/api_pb2_grpc.py cri_shim/api/api_pb2.pyi
 

@@ -72,8 +72,12 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 RESERVED_XATTR_PREFIX = "trusted.overlay."
 PAX_XATTR_PREFIX = "SCHILY.xattr."
 XATTR_SIZE_MAX = 65536
+ID_MAX = (1 << 32) - 2  # uid/gid 2**32-1 is (uid_t)-1, "no change", to chown
 COPY_CHUNK = 1 << 20
 TAR_BUFSIZE = 64 << 10
+# Bytes tarfile may consume while parsing one member's headers (PAX/GNU extension headers are
+# read whole into memory): real ones are a few KiB; read-ahead and padding need 2 buffers more.
+HEADER_WINDOW = (1 << 20) + 2 * TAR_BUFSIZE
 
 
 class UnpackError(RuntimeFailure):
@@ -90,7 +94,7 @@ class UnpackLimits:
     max_entries: int = 1_000_000       # tar members (PAX/GNU extension headers not counted)
     max_path_bytes: int = 4096         # PATH_MAX
     max_name_bytes: int = 255          # NAME_MAX
-    max_depth: int = 1024              # path components
+    max_depth: int = 256               # path components; also keeps shutil.rmtree of the tree within recursion limits
     allow_devices: bool = True         # character and block device nodes (whiteouts are always allowed)
 
 
@@ -141,6 +145,10 @@ class _OverBudget(Exception):
     pass
 
 
+class _HeaderTooLarge(Exception):
+    pass
+
+
 @dataclass
 class _CountingReader:
     """Counts bytes read from the caller's stream and stops at the byte budget."""
@@ -148,9 +156,10 @@ class _CountingReader:
     stream: BinaryIO
     limit: int
     count: int = 0
+    header_left: int | None = HEADER_WINDOW  # set while tarfile parses headers; None while we copy data
 
     def read(self, n: int = -1) -> bytes:
-        want = self.limit - self.count + 1 if n is None or n < 0 else n
+        want = COPY_CHUNK if n is None or n < 0 else n
         try:
             data = self.stream.read(want)
         except RuntimeFailure:
@@ -160,6 +169,10 @@ class _CountingReader:
         self.count += len(data)
         if self.count > self.limit:
             raise _OverBudget()
+        if self.header_left is not None:
+            self.header_left -= len(data)
+            if self.header_left < 0:
+                raise _HeaderTooLarge()
         return data
 
     def drain(self) -> None:
@@ -201,7 +214,9 @@ class _Unpacker:
             # entry so memory stays flat however many entries the layer has.
             seen: list[tarfile.TarInfo] = getattr(tf, "members")
             while True:
+                reader.header_left = HEADER_WINDOW
                 member = tf.next()
+                reader.header_left = None
                 seen.clear()
                 if member is None:
                     break
@@ -215,6 +230,12 @@ class _Unpacker:
             self._set_dir_times()
         except UnpackError:
             raise
+        except _HeaderTooLarge:
+            where = f" after entry {name!r}" if name is not None else ""
+            raise UnpackError(f"tar extension headers{where} exceed {HEADER_WINDOW} bytes "
+                              "(oversized PAX or GNU long-name header)") from None
+        except RecursionError:
+            raise UnpackError("directory tree too deep to process", name) from None
         except _OverBudget:
             raise UnpackError(f"the layer is larger than the byte budget of {self.limits.max_bytes} bytes "
                               f"(possible decompression bomb)", name) from None
@@ -226,8 +247,8 @@ class _Unpacker:
         except OSError as e:
             reason = "no space left on the device" if e.errno == errno.ENOSPC else os.strerror(e.errno or 0)
             raise UnpackError(reason, name) from e
-        except ValueError as e:  # e.g. an embedded NUL that slipped past the checks
-            raise UnpackError(str(e), name) from e
+        except (ValueError, OverflowError) as e:  # e.g. a PAX mtime of "inf" or "nan"
+            raise UnpackError(f"invalid value: {e}", name) from e
         self.stats.bytes_read = reader.count
         log.debug("unpacked layer: %s", self.stats)
         return self.stats
@@ -236,8 +257,17 @@ class _Unpacker:
 
     def _entry(self, tf: tarfile.TarFile, m: tarfile.TarInfo, reader: _CountingReader) -> None:
         comps = self._components(m.name, m.name)
+        if m.size < 0:
+            raise UnpackError("declares a negative size", m.name)
+        for what, value in (("uid", m.uid), ("gid", m.gid), ("device major", m.devmajor),
+                            ("device minor", m.devminor)):
+            if not 0 <= value <= ID_MAX:  # base-256 fields can say -1 (chown's "leave as is") or 2**95
+                raise UnpackError(f"{what} {value} is out of range", m.name)
         if m.issparse():
             raise UnpackError("sparse files are not supported in image layers", m.name)
+        if m.size and not m.isreg():
+            # tarfile would skip such data silently; no archiver writes it for links, dirs or devices.
+            raise UnpackError(f"a {_kind(m)} entry declares {m.size} bytes of data", m.name)
         if m.isreg() and m.size > self.limits.max_bytes - reader.count:
             raise UnpackError(f"declares {m.size} bytes, beyond the byte budget of {self.limits.max_bytes} "
                               "(possible decompression bomb)", m.name)
@@ -463,7 +493,8 @@ class _Unpacker:
             return UnpackError(f"parent {where!r} goes through a symlink, not allowed here (or a symlink loop)",
                                entry)
         if e.errno == errno.ENOENT:
-            return UnpackError(f"{where!r} does not exist in the layer", entry)
+            return UnpackError(f"{where!r} does not resolve inside the layer (missing, or a symlink to nothing)",
+                               entry)
         return UnpackError(f"cannot open parent {where!r}: {os.strerror(e.errno or 0)}", entry)
 
     @staticmethod
@@ -548,6 +579,12 @@ class _Unpacker:
                 pass
             finally:
                 os.close(parent)
+
+
+def _kind(m: tarfile.TarInfo) -> str:
+    kinds = {tarfile.DIRTYPE: "directory", tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink",
+             tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "fifo"}
+    return kinds.get(m.type, f"type {m.type!r}")
 
 
 def _times(m: tarfile.TarInfo) -> tuple[int, int]:

@@ -148,7 +148,8 @@ def opaque(dirpath: str) -> Entry:
 
 
 def tree(entries: Iterable[Entry], dir_mtime: float = DEFAULT_MTIME) -> tuple[Entry, ...]:
-    """Entries sorted parents-first, with a 0755 root-owned dir added for every missing parent."""
+    """Entries sorted parents-first (a hardlink right after its target), adding a 0755 root-owned dir
+    for every missing parent."""
     given = {e.path.strip("/"): e for e in entries}
     out = dict(given)
     for p in given:
@@ -156,7 +157,16 @@ def tree(entries: Iterable[Entry], dir_mtime: float = DEFAULT_MTIME) -> tuple[En
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
             out.setdefault(parent, dir_(parent, mtime=dir_mtime))
-    return tuple(out[p] for p in sorted(out, key=lambda s: s.split("/")))
+
+    def key(path: str, depth: int = 0) -> list[str]:
+        # A hardlink must follow the entry it links to: it sorts right after its target.
+        e = out[path]
+        target = e.link.strip("/")
+        if e.kind is Kind.HARDLINK and target in out and depth < 8:
+            return [*key(target, depth + 1), "\0" + path]
+        return path.split("/")
+
+    return tuple(out[p] for p in sorted(out, key=key))
 
 
 class TarFormat(enum.Enum):
@@ -210,6 +220,35 @@ def zstd_bytes(data: bytes, level: int = 3) -> bytes:
     if lib.ZSTD_isError(n):
         raise RuntimeError(f"ZSTD_compress failed ({n})")
     return dst.raw[:n]
+
+
+def zstd_decompress(data: bytes) -> bytes:
+    """Inverse of zstd_bytes, for frames that record their content size (all frames zstd_bytes writes)."""
+    name = ctypes.util.find_library("zstd") or "libzstd.so.1"
+    lib = ctypes.CDLL(name)
+    lib.ZSTD_getFrameContentSize.restype = ctypes.c_ulonglong
+    lib.ZSTD_getFrameContentSize.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.ZSTD_decompress.restype = ctypes.c_size_t
+    lib.ZSTD_decompress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    lib.ZSTD_isError.restype = ctypes.c_uint
+    lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
+    size = lib.ZSTD_getFrameContentSize(data, len(data))
+    if size >= (1 << 64) - 2:  # ZSTD_CONTENTSIZE_UNKNOWN / ZSTD_CONTENTSIZE_ERROR
+        raise ValueError("not a zstd frame with a recorded content size")
+    dst = ctypes.create_string_buffer(max(size, 1))
+    n = lib.ZSTD_decompress(dst, size, data, len(data))
+    if lib.ZSTD_isError(n):
+        raise ValueError(f"ZSTD_decompress failed ({n})")
+    return dst.raw[:n]
+
+
+def decompress(data: bytes, media_type: str) -> bytes:
+    """The tar inside a layer blob, by its media type (OCI or Docker)."""
+    if media_type.endswith("gzip"):
+        return gzip.decompress(data)
+    if media_type.endswith("zstd"):
+        return zstd_decompress(data)
+    return data
 
 
 def compress(data: bytes, how: Compression) -> bytes:
@@ -324,13 +363,20 @@ class Image:
 
     def config_blob(self, platform: Platform | None = None) -> Blob:
         """The image config (of the manifest for `platform`, or the first one, for indexes)."""
+        return self.blobs[self.manifest_for(platform)["config"]["digest"]]
+
+    def manifest_for(self, platform: Platform | None = None) -> dict[str, Any]:
+        """The image manifest (of `platform`, or the first entry, when this is an index)."""
         doc = self.manifest_json()
         if self.media_type in (OCI_INDEX, DOCKER_LIST):
             entries = doc["manifests"]
             if platform is not None:
                 entries = [m for m in entries if m.get("platform") == platform.json()]
             doc = json.loads(self.blobs[entries[0]["digest"]].data)
-        return self.blobs[doc["config"]["digest"]]
+        return doc
+
+    def layer_blobs(self, platform: Platform | None = None) -> list[Blob]:
+        return [self.blobs[d["digest"]] for d in self.manifest_for(platform)["layers"]]
 
     @property
     def config_digest(self) -> str:
@@ -349,9 +395,23 @@ def build_layer(layer: Layer, docker: bool = False) -> tuple[Blob, str]:
     return Blob(media, compress(raw, layer.compression)), sha256_digest(raw)
 
 
-def build_image(spec: ImageSpec, docker: bool = False) -> Image:
-    """One image manifest (OCI by default, Docker schema2 with docker=True) with its config and layers."""
-    built = [build_layer(layer, docker) for layer in spec.layers]
+LayerCache = dict[tuple[int, bool], tuple[Layer, Blob, str]]
+
+
+def build_image(spec: ImageSpec, docker: bool = False, cache: LayerCache | None = None) -> Image:
+    """One image manifest (OCI by default, Docker schema2 with docker=True) with its config and layers.
+
+    `cache` (owned by the caller) lets images sharing a Layer object compress it only once.
+    """
+    def built_layer(layer: Layer) -> tuple[Blob, str]:
+        if cache is None:
+            return build_layer(layer, docker)
+        key = (id(layer), docker)
+        if key not in cache or cache[key][0] is not layer:
+            cache[key] = (layer, *build_layer(layer, docker))
+        return cache[key][1], cache[key][2]
+
+    built = [built_layer(layer) for layer in spec.layers]
     config = Blob(DOCKER_CONFIG if docker else OCI_CONFIG, canonical_json(spec.config.json([d for _, d in built])))
     media = DOCKER_MANIFEST if docker else OCI_MANIFEST
     doc = {"schemaVersion": 2, "mediaType": media,

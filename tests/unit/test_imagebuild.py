@@ -88,6 +88,7 @@ def test_tar_keeps_modes_owners_links_devices_xattrs_and_whiteouts() -> None:
     # tree() supplied the missing parents, parents first
     names = list(m)
     assert names.index("usr") < names.index("usr/bin") < names.index("usr/bin/su")
+    assert names.index("bin/sh") == names.index("bin/busybox") + 1  # a hardlink right after its target
 
 
 def test_config_and_manifest_documents() -> None:
