@@ -23,6 +23,7 @@ from pathlib import Path
 from tests.conftest import stop_and_clean
 from tests.harness.daemon import Daemon, make_workdir, new_daemon
 from tests.harness.registry import LocalRegistry, start_registry
+from tests.harness.testimages import push_all
 
 HERE = Path(__file__).resolve().parent
 PASSING = HERE / "passing.txt"
@@ -33,38 +34,9 @@ log = logging.getLogger("conformance")
 MIRRORED_REGISTRIES = ("registry.k8s.io", "gcr.io", "k8s.gcr.io")
 
 
-def push_image_spec_stand_ins(host: str) -> None:
-    """Small images under the names critest's Image Manager / Image Consistency specs pull (no containers run
-    from them). Used only until tests/harness/testimages.py provides the full look-alike set."""
-    from tests.harness import imagebuild as ib
-
-    def image(label: str, user: str = "") -> ib.Image:
-        layer = ib.Layer(ib.tree([ib.file("bin/sh", b"#!stand-in\n", mode=0o755), ib.file("label", label.encode())]))
-        return ib.build_index([ib.build_image(ib.ImageSpec(layers=(layer,), config=ib.ImageConfig(
-            user=user, cmd=("/bin/sh",))))])
-
-    tools = "k8s-staging-cri-tools/"
-    pushes: list[tuple[ib.Image, str, str]] = [
-        (image("tag-test"), tools + "test-image-tag", "test"), (image("tag-all"), tools + "test-image-tag", "all"),
-        (image("latest"), tools + "test-image-latest", "latest"), (image("pause"), "pause", "3.9")]
-    for user, suffix in (("1002", "uid"), ("www-data", "username"), ("1003:1004", "uid-group"),
-                         ("www-data:1004", "username-group")):
-        pushes.append((image("user " + user, user), tools + "test-image-user-" + suffix, "latest"))
-    for i in ("1", "2", "3"):
-        pushes.append((image("distinct " + i), tools + f"test-image-{i}", "latest"))
-        pushes.append((image("tags"), tools + "test-image-tags", i))
-    for img, repo, tag in pushes:
-        ib.push(img, host, repo, tag)
-
-
 def start_mirror() -> tuple[LocalRegistry, Path]:
     """A local registry holding the critest image set under the original repository paths, and a hosts.toml
     directory that mirrors registry.k8s.io, gcr.io and k8s.gcr.io to it (names are kept)."""
-    try:
-        from tests.harness.testimages import push_all  # the critest look-alike images (layers work)
-    except ImportError:
-        log.warning("tests/harness/testimages.py is missing: pushing stand-ins for the image specs only")
-        push_all = push_image_spec_stand_ins
     registry = start_registry()
     hosts = make_workdir("hosts")
     try:
