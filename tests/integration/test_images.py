@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import threading
 from collections.abc import Iterator
@@ -34,7 +35,6 @@ def hosts_dir(registry: LocalRegistry) -> Iterator[Path]:
     (path / registry.host).mkdir()
     (path / registry.host / "hosts.toml").write_text(f'server = "http://{registry.host}"\n')
     yield path
-    import shutil
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -268,18 +268,36 @@ def test_images_survive_a_restart(registry: LocalRegistry, hosts_dir: Path) -> N
         c = d.client()
         ref = pull(c, f"{registry.host}/restart/img:v1")
         before = status(c, ref)
+        # a second image whose snapshot is then lost (e.g. deleted by hand)
+        push(registry, small_image("restart-broken"), "restart/broken", "v1")
+        broken = pull(c, f"{registry.host}/restart/broken:v1")
+        shared_base = {p.name for p in (d.root / "snapshots").iterdir()}
         # debris of a crash: a half-unpacked snapshot and a partial download
         (d.root / "snapshots" / ".tmp-crashed").mkdir()
         (d.root / "content" / "ingest" / "partial").write_bytes(b"x")
         d.stop()
+        shutil.rmtree(d.root / "snapshots" / top_chain_id(d, broken).removeprefix("sha256:"))
         d.start()
         c = d.client()
         assert status(c, ref) == before
+        assert status(c, broken) is None  # forgotten, so that pulling it again repairs it
+        assert "is missing 1 blobs/snapshots on disk" in d.log_text()
         assert not (d.root / "snapshots" / ".tmp-crashed").exists()
         assert not (d.root / "content" / "ingest" / "partial").exists()
+        assert len(shared_base) == 3  # two images sharing their base layer
+        assert pull(c, f"{registry.host}/restart/broken:v1") == broken
         remove(c, ref)
+        remove(c, broken)
     finally:
         stop_and_clean(d)
+
+
+def top_chain_id(d: Daemon, image_id: str) -> str:
+    """The chain id of the image's top layer, read from the metadata store of a stopped daemon."""
+    import sqlite3
+    with sqlite3.connect(d.root / "meta.db") as db:
+        body = json.loads(db.execute("SELECT body FROM images WHERE id = ?", (image_id,)).fetchone()[0])
+    return str(body["layers"][-1]["chain_id"])
 
 
 def test_pull_by_digest_records_only_the_digest(registry: LocalRegistry, daemon: Daemon) -> None:
