@@ -13,6 +13,7 @@ import asyncio
 import grpc
 
 from cri_shim.api import api_pb2 as pb
+from cri_shim.errors import DeadlineExceeded
 from cri_shim.server.context import DaemonContext
 from cri_shim.server.unimplemented import fill_unimplemented
 from cri_shim.services import image_list, image_pull, image_remove, image_status, imagefs_info
@@ -24,8 +25,15 @@ class ImageService:
 
     async def PullImage(self, request: pb.PullImageRequest,
                         context: grpc.aio.ServicerContext) -> pb.PullImageResponse:
-        remaining = context.time_remaining()
-        return await image_pull.pull_image(self.ctx.images, request, remaining)
+        try:
+            return await image_pull.pull_image(self.ctx.images, request, context.time_remaining())
+        except DeadlineExceeded:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                # The caller has gone and gRPC has already told it DEADLINE_EXCEEDED; a status sent now
+                # would fail. End the call the way gRPC ends calls whose deadline passed: cancelled.
+                raise asyncio.CancelledError() from None
+            raise
 
     async def ImageStatus(self, request: pb.ImageStatusRequest,
                           context: grpc.aio.ServicerContext) -> pb.ImageStatusResponse:
