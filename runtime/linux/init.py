@@ -1,0 +1,356 @@
+"""What a freshly forked child of the pod shim does to become a container process.
+
+Two entry points, both never returning (the child execs or _exits):
+- `container_init`: the container's first process. It joins or creates the
+  namespaces, enters the cgroup, builds the root filesystem (overlay, /proc,
+  /dev, /sys, the spec's mounts), pivots into it, sets hostname, rlimits, OOM
+  score and stdio, checks the entrypoint, reports "ready" and waits for the
+  start signal; then switches user, applies process security, marks every fd
+  above 2 close-on-exec (CVE-2024-21626) and execs.
+- `exec_process`: a new process in a running container's namespaces and cgroup
+  (ExecSync / Exec), with the container's user, env and cwd unless overridden.
+
+Progress and errors go back to the shim over `chan` (a socketpair end): a JSON
+{"ready": true}, a {"pty": true} message carrying the pty master fd, or an
+{"error": {...}} naming the field. A successful execve closes `chan`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import resource
+import signal
+import socket
+import stat
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from runtime.linux import mounts
+from runtime.linux import protocol as proto
+from runtime.linux import syscalls as sc
+from runtime.linux.mounts import MountError
+from runtime.linux.spec import ContainerPlan, MountPlan, ProcessPlan, SpecError, sysctl_path
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Order matters: the mount namespace last, because joining it changes root and cwd.
+JOIN_ORDER = ("ipc", "uts", "network", "cgroup", "mount")
+
+
+class InitFailure(Exception):
+    def __init__(self, kind: str, message: str, field_name: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.field = field_name
+
+
+@dataclass
+class Stdio:
+    """The child's stdio: pipe ends / /dev/null from the shim, or a pty made inside the container."""
+
+    stdin: int = -1
+    stdout: int = -1
+    stderr: int = -1
+    tty: bool = False
+
+
+@dataclass
+class InitContext:
+    plan: ContainerPlan
+    chan: socket.socket
+    stdio: Stdio
+    layers: tuple[str, ...] = ()
+    upper: str = ""
+    work: str = ""
+    start_fd: int = -1
+    cgroup_procs: tuple[str, ...] = ()
+    cgroup_dirs: Mapping[str, str] = field(default_factory=dict)
+    join_fds: Mapping[str, int] = field(default_factory=dict)   # OCI ns type -> fd to setns into
+    new_namespaces: int = 0                                      # CLONE_NEW* flags to unshare
+    extra_mounts: tuple[MountPlan, ...] = ()                     # pod files (hosts, resolv.conf, ...)
+
+
+@dataclass
+class ExecContext:
+    process: ProcessPlan
+    chan: socket.socket
+    stdio: Stdio
+    cgroup_procs: tuple[str, ...] = ()
+    join_fds: Mapping[str, int] = field(default_factory=dict)
+
+
+def container_init(ctx: InitContext) -> NoReturn:
+    try:
+        _prepare_child(ctx.chan, ctx.stdio, ctx.start_fd, *ctx.join_fds.values())
+        _enter_cgroup(ctx.cgroup_procs)
+        _join(ctx.join_fds)
+        _step(lambda: sc.unshare(ctx.new_namespaces), "linux.namespaces", "cannot create namespaces")
+        plan = ctx.plan
+        if plan.hostname:
+            _step(lambda: socket.sethostname(plan.hostname), "hostname", "cannot set the hostname")
+        _apply_sysctls(plan.sysctl)
+        _build_root(ctx)
+        _set_limits(plan.process)
+        _setup_stdio(ctx.chan, ctx.stdio)
+        _chdir(plan.process.cwd, "process.cwd", create=True)
+        path = find_executable(plan.process, "process.args")
+        proto.send(ctx.chan, {"ready": True})
+        if os.read(ctx.start_fd, 1) != b"s":
+            os._exit(0)  # the shim deleted us before start
+        os.close(ctx.start_fd)
+        _exec(plan.process, path, ctx.chan)
+    except BaseException as e:  # noqa: BLE001 - the child must report and _exit, never unwind into the shim
+        _report_and_exit(ctx.chan, e)
+
+
+def exec_process(ctx: ExecContext) -> NoReturn:
+    try:
+        _prepare_child(ctx.chan, ctx.stdio, *ctx.join_fds.values())
+        _enter_cgroup(ctx.cgroup_procs)
+        _join(ctx.join_fds)
+        _set_limits(ctx.process)
+        _setup_stdio(ctx.chan, ctx.stdio)
+        _chdir(ctx.process.cwd, "cwd", create=False)
+        path = find_executable(ctx.process, "args")
+        _exec(ctx.process, path, ctx.chan)
+    except BaseException as e:  # noqa: BLE001
+        _report_and_exit(ctx.chan, e)
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _prepare_child(chan: socket.socket, stdio: Stdio, *keep: int) -> None:
+    """Default signal dispositions, own session (so a timeout can kill the whole group), no fd of the shim's."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGXFSZ):
+        # Python ignores SIGPIPE; an ignored signal stays ignored across execve, so reset it.
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    os.setsid()
+    wanted = {chan.fileno(), stdio.stdin, stdio.stdout, stdio.stderr, *keep}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in wanted:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own directory fd
+
+
+def _enter_cgroup(procs_files: tuple[str, ...]) -> None:
+    for path in procs_files:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise InitFailure(proto.FAILURE, f"cannot enter cgroup ({path}): {e.strerror}",
+                              "linux.cgroupsPath") from None
+
+
+def _join(fds: Mapping[str, int]) -> None:
+    for kind in JOIN_ORDER:
+        fd = fds.get(kind)
+        if fd is None:
+            continue
+        try:
+            sc.setns(fd, sc.NAMESPACE_FLAGS[kind])
+        except OSError as e:
+            raise InitFailure(proto.FAILURE, f"cannot join the {kind} namespace: {e.strerror}",
+                              "linux.namespaces") from None
+        os.close(fd)
+
+
+def _apply_sysctls(sysctls: Mapping[str, str]) -> None:
+    for key, value in sysctls.items():
+        try:
+            with open(sysctl_path(key), "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise InitFailure(proto.INVALID_SPEC, f"cannot set {key}={value}: {e.strerror}",
+                              f"linux.sysctl[{key}]") from None
+
+
+def _build_root(ctx: InitContext) -> None:
+    plan = ctx.plan
+    rootfs = plan.root_path
+    _step(lambda: sc.mount(None, "/", None, plan.rootfs_propagation), "linux.rootfsPropagation",
+          "cannot set the propagation of /")
+    _step(lambda: mounts.make_root_private_parent(rootfs), "root.path", "cannot prepare the rootfs mount")
+    _step(lambda: mounts.mount_rootfs(rootfs, ctx.layers, ctx.upper, ctx.work), "rootfs",
+          "cannot mount the root filesystem")
+    root_fd = os.open(rootfs, mounts.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        dev_is_tmpfs = False
+        new_cgroupns = bool(ctx.new_namespaces & sc.CLONE_NEWCGROUP)
+        for m in (*plan.mounts, *ctx.extra_mounts):
+            mounts.mount_one(root_fd, m, dict(ctx.cgroup_dirs), new_cgroupns)
+            dev_is_tmpfs = dev_is_tmpfs or (m.destination == "/dev" and m.type == "tmpfs")
+        if dev_is_tmpfs:
+            mounts.make_devices(root_fd, mounts.DEFAULT_DEVICES)
+            mounts.make_dev_symlinks(root_fd)
+        mounts.make_devices(root_fd, plan.devices)
+        _step(lambda: mounts.pivot_root(root_fd), "root.path", "cannot pivot into the root filesystem")
+    finally:
+        os.close(root_fd)
+    mounts.mask_paths(plan.masked_paths)
+    mounts.readonly_paths(plan.readonly_paths)
+    if plan.root_readonly:
+        _step(mounts.remount_root_readonly, "root.readonly", "cannot make the root filesystem read-only")
+
+
+def _set_limits(p: ProcessPlan) -> None:
+    if p.oom_score_adj is not None:
+        _set_oom_score_adj(p.oom_score_adj)
+    for res, soft, hard in p.rlimits:
+        try:
+            resource.prlimit(0, res, (soft, hard))
+        except (OSError, ValueError) as e:
+            raise InitFailure(proto.INVALID_SPEC, f"cannot set rlimit {res} to {soft}/{hard}: {e}",
+                              "process.rlimits") from None
+
+
+def _set_oom_score_adj(value: int) -> None:
+    """Lowering needs CAP_SYS_RESOURCE; without it keep the current value (containerd's
+    restrict_oom_score_adj) instead of failing the container."""
+    with open("/proc/self/oom_score_adj", "r+") as f:
+        current = int(f.read())
+        if value < current:
+            return
+        f.seek(0)
+        try:
+            f.write(str(value))
+            f.flush()
+        except OSError as e:
+            raise InitFailure(proto.FAILURE, f"cannot set oom_score_adj {value}: {e.strerror}",
+                              "process.oomScoreAdj") from None
+
+
+def _setup_stdio(chan: socket.socket, stdio: Stdio) -> None:
+    if stdio.tty:
+        master, slave = _open_pty()
+        proto.send(chan, {"pty": True}, [master])
+        os.close(master)
+        for target in (0, 1, 2):
+            os.dup2(slave, target)
+        fcntl.ioctl(0, sc.TIOCSCTTY, 0)
+        if slave > 2:
+            os.close(slave)
+        return
+    for fd, target in ((stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)):
+        if fd >= 0:
+            os.dup2(fd, target)
+    for fd in {stdio.stdin, stdio.stdout, stdio.stderr}:
+        if fd > 2:
+            os.close(fd)
+
+
+def _open_pty() -> tuple[int, int]:
+    """A pty from the container's own devpts instance (so `tty` names a path that exists inside)."""
+    try:
+        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise InitFailure(proto.FAILURE, f"cannot open /dev/ptmx in the container: {e.strerror}",
+                          "process.terminal") from None
+    fcntl.ioctl(master, sc.TIOCSPTLCK, struct.pack("i", 0))
+    slave = fcntl.ioctl(master, sc.TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    return master, int(slave)
+
+
+def _chdir(cwd: str, field_name: str, create: bool) -> None:
+    try:
+        if create:
+            os.makedirs(cwd, 0o755, exist_ok=True)
+        os.chdir(cwd)
+        # CVE-2024-21626: a cwd reached through a leaked fd would be outside the root; getcwd says so.
+        here = os.getcwd()
+    except OSError as e:
+        raise InitFailure(proto.INVALID_SPEC, f"cannot use working directory {cwd}: {e.strerror}",
+                          field_name) from None
+    if not here.startswith("/"):
+        raise InitFailure(proto.INVALID_SPEC, f"working directory {cwd} is outside the container", field_name)
+
+
+def find_executable(p: ProcessPlan, field_name: str) -> str:
+    name = p.args[0]
+    if "/" in name:
+        candidates = [name]
+    else:
+        path = next((e[5:] for e in reversed(p.env) if e.startswith("PATH=")), DEFAULT_PATH)
+        candidates = [os.path.join(d or ".", name) for d in path.split(":")]
+    for c in candidates:
+        try:
+            st = os.stat(c)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(c, os.X_OK):
+            return c
+    where = "not found" if "/" in name else "not found in $PATH"
+    raise InitFailure(proto.INVALID_SPEC, f"executable {name!r} {where} in the container", f"{field_name}[0]")
+
+
+def _exec(p: ProcessPlan, path: str, chan: socket.socket) -> NoReturn:
+    if p.umask is not None:
+        os.umask(p.umask)
+    _switch_user(p)
+    apply_process_security(p)
+    sc.close_range_cloexec(3)
+    env = dict(e.split("=", 1) for e in p.env)
+    try:
+        os.execve(path, list(p.args), env)
+    except OSError as e:
+        raise InitFailure(proto.INVALID_SPEC, f"cannot run {p.args[0]!r}: {e.strerror}", "process.args[0]") \
+            from None
+
+
+def _switch_user(p: ProcessPlan) -> None:
+    try:
+        os.setgroups(list(p.additional_gids))
+        os.setresgid(p.gid, p.gid, p.gid)
+        os.setresuid(p.uid, p.uid, p.uid)
+    except OSError as e:
+        raise InitFailure(proto.FAILURE, f"cannot switch to uid {p.uid} gid {p.gid}: {e.strerror}",
+                          "process.user") from None
+
+
+def apply_process_security(p: ProcessPlan) -> None:
+    """The call site for runtime.linux.process_security (capabilities, seccomp) from the security work.
+
+    Until it is merged only no_new_privileges is applied here; capabilities and
+    seccomp from the spec are NOT enforced yet."""
+    if p.no_new_privileges:
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def _step(action: Callable[[], object], field_name: str, what: str) -> None:
+    try:
+        action()
+    except (MountError, SpecError, InitFailure):
+        raise
+    except OSError as e:
+        raise InitFailure(proto.FAILURE, f"{what}: {e.strerror or e}", field_name) from None
+
+
+def _report_and_exit(chan: socket.socket, e: BaseException) -> NoReturn:
+    if isinstance(e, InitFailure):
+        err = proto.error(e.kind, e.message, e.field)
+    elif isinstance(e, (MountError, SpecError)):
+        err = proto.error(proto.INVALID_SPEC, e.message, e.field)
+    elif isinstance(e, SystemExit):
+        os._exit(0)
+    else:
+        err = proto.error(proto.FAILURE, f"container setup failed: {type(e).__name__}: {e}")
+    try:
+        proto.send(chan, {"error": err["error"]})
+    except OSError:
+        pass  # the shim is gone; nobody is left to tell
+    os._exit(126)
