@@ -52,6 +52,7 @@ class Pod:
     pid: int = 0
     namespaces: dict[str, str] = field(default_factory=dict)
     lost: str = ""                       # why the shim is considered gone ("" = alive)
+    removing: bool = False               # the shim is being shut down on purpose
     events: asyncio.Task[None] | None = None
 
 
@@ -96,8 +97,9 @@ class LinuxBackend:
         if os.path.exists(pod_dir):
             raise base.WrongState(f"sandbox {spec.id} already has state in {pod_dir}")
         os.makedirs(pod_dir, mode=0o700)
-        owned = self._missing_cgroup_levels(config["cgroup_parent"])
-        _write_json(os.path.join(pod_dir, "owned-cgroups.json"), {"levels": owned})
+        self._remember_created_cgroups(self._missing_cgroup_levels(config["cgroup_parent"]))
+        # Written before the shim exists, so a shim that fails half-way can still be cleaned up after.
+        _write_json(pod_paths(pod_dir)["config"], config)
         try:
             reply = await self._zygote.spawn(config, self.start_timeout)
         except BaseException:
@@ -158,6 +160,8 @@ class LinuxBackend:
     async def remove_sandbox(self, sandbox_id: str) -> None:
         pod = self._pods.get(sandbox_id)
         pod_dir = str(self.state_dir / "pods" / sandbox_id)
+        if pod is not None:
+            pod.removing = True
         if pod is not None and not pod.lost:
             try:
                 await pod.client.call("shutdown", timeout=max(self.call_timeout, 30.0))
@@ -202,19 +206,36 @@ class LinuxBackend:
         parent = config.get("cgroup_parent")
         if parent:
             self._destroy_cgroup(f"{parent}/monitor")
-        owned = (_read_json(os.path.join(pod_dir, "owned-cgroups.json")) or {}).get("levels") or []
-        for level in owned:  # deepest first
-            self._destroy_cgroup(str(level), recursive=False)
+        if parent:
+            self._remove_created_cgroups(str(parent))
         shutil.rmtree(pod_dir, ignore_errors=True)
 
-    def _destroy_cgroup(self, path: str, recursive: bool = True) -> None:
+    # Pod cgroups are normally made by kubelet. Levels that did not exist are made by the shim
+    # (mkdir -p) and recorded here, so the last pod under them removes them again.
+    def _created_cgroups_file(self) -> str:
+        return str(self.state_dir / "created-cgroups.json")
+
+    def _remember_created_cgroups(self, levels: list[str]) -> None:
+        if levels:
+            known = set((_read_json(self._created_cgroups_file()) or {}).get("levels") or [])
+            _write_json(self._created_cgroups_file(), {"levels": sorted(known | set(levels))})
+
+    def _remove_created_cgroups(self, parent: str) -> None:
+        known = set((_read_json(self._created_cgroups_file()) or {}).get("levels") or [])
+        mine = sorted((lv for lv in known if parent == lv or parent.startswith(lv + "/")), key=len, reverse=True)
+        for level in mine:
+            cg = self._hierarchy.cgroup(level)
+            for d in cg.dirs().values():
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)   # only if empty: another pod may still live below it
+            if not cg.exists():
+                known.discard(level)
+        if mine:
+            _write_json(self._created_cgroups_file(), {"levels": sorted(known)})
+
+    def _destroy_cgroup(self, path: str) -> None:
         try:
             cg = self._hierarchy.cgroup(path)
-            if not recursive:
-                for d in cg.dirs().values():
-                    with contextlib.suppress(OSError):
-                        os.rmdir(d)
-                return
             if cg.exists():
                 cg.destroy()
         except (OSError, cgroups.CgroupError) as e:
@@ -500,7 +521,7 @@ class LinuxBackend:
         self._mark_lost(pod, "the pod shim exited unexpectedly")
 
     def _mark_lost(self, pod: Pod, why: str) -> None:
-        if pod.lost or pod.id not in self._pods:
+        if pod.lost or pod.removing or pod.id not in self._pods:
             return
         if pod.pid and pid_alive(pod.pid):
             return  # a broken connection, not a dead shim

@@ -372,7 +372,6 @@ class Shim:
             if cfg.pid == "pod":
                 self._start_pod_init()
             self._listen()
-            write_json_atomic(self.paths["config"], cfg.to_json())
         except BaseException:
             self.teardown()
             raise
@@ -528,7 +527,10 @@ class Shim:
         while self.running:
             for key, events in self.sel.select():
                 callback: Handler = key.data
-                callback(events)
+                try:
+                    callback(events)
+                except Exception:  # noqa: BLE001 - a bug in one handler must not take the pod's monitor down
+                    log.exception("event handler failed")
         self.teardown()
         os._exit(0)
 
@@ -1212,6 +1214,7 @@ class Shim:
             # execve succeeded (or the child died without a word: the exit code will say).
             e.pending.send(proto.ok(exec_id=e.id, pid=e.pid, **e.reply_fields), e.fds_for_daemon)
             e.pending = None
+            e.fds_for_daemon = []  # the connection owns (and closes) them now
         self._discard_exec_fds(e)
 
     def _discard_exec_fds(self, e: Exec) -> None:
@@ -1378,14 +1381,16 @@ def _pod_init_main() -> NoReturn:
                     pass
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
+        # SIGCHLD stays blocked and is taken with sigwait: no window between "nothing to reap" and sleeping.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         while True:
             try:
-                os.wait()
+                while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                    pass
             except ChildProcessError:
-                signal.pause()
-            except InterruptedError:
                 pass
+            signal.sigwait({signal.SIGCHLD})
     finally:
         os._exit(0)
 
