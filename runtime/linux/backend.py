@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -462,16 +463,23 @@ class LinuxBackend:
         pod = Pod(id=sandbox_id, dir=pod_dir, client=ShimClient(sandbox_id, pod_paths(pod_dir)["sock"],
                                                                 self.call_timeout))
         self._pods[sandbox_id] = pod
+        pod.pid = _read_int(pod_paths(pod_dir)["pid"])
         try:
             reply = await pod.client.call("status")
         except (base.MonitorLost, base.OperationTimeout) as e:
-            pod.lost = f"the pod shim is gone: {e.message}"
-            if pid := _read_int(pod_paths(pod_dir)["pid"]):
-                pod.pid = pid
-            containers = self._containers_from_files(pod)
+            hung = bool(pod.pid) and pid_alive(pod.pid) and _is_our_shim(pod.pid, pod_dir)
+            if hung:
+                # Alive but not answering: say so, keep it, and keep trying to reconnect in the background.
+                why = f"the pod shim (pid {pod.pid}) does not answer: {e.message}"
+                containers = [dataclasses.replace(c, state=base.ContainerState.UNKNOWN, message=why)
+                              for c in self._containers_from_files(pod)]
+                pod.events = asyncio.ensure_future(self._watch(pod))
+            else:
+                why = pod.lost = f"the pod shim is gone: {e.message}"
+                containers = self._containers_from_files(pod)
             for c in containers:
                 self._container_pod[c.id] = sandbox_id
-            status = base.SandboxStatus(id=sandbox_id, state=base.SandboxState.NOTREADY, message=pod.lost)
+            status = base.SandboxStatus(id=sandbox_id, state=base.SandboxState.NOTREADY, message=why)
             return base.RecoveredSandbox(status=status, containers=tuple(containers))
         pod.pid = int(reply["pid"])
         pod.namespaces = dict(reply.get("namespaces") or {})
@@ -499,11 +507,18 @@ class LinuxBackend:
 
     async def _watch(self, pod: Pod) -> None:
         """Exit events from the shim; EOF on this connection means the shim died."""
-        try:
-            sock, _ = await pod.client.open_stream("events")
-        except base.RuntimeFailure as e:
-            self._mark_lost(pod, f"the pod shim is gone: {e.message}")
-            return
+        delay = 0.1
+        while True:
+            try:
+                sock, _ = await pod.client.open_stream("events")
+                break
+            except base.RuntimeFailure as e:
+                if not (pod.pid and pid_alive(pod.pid)):
+                    self._mark_lost(pod, f"the pod shim is gone: {e.message}")
+                    return
+                # alive but not answering (stopped, overloaded): try again, a little later each time
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         try:
             while True:
                 msg, fds = await proto.arecv(sock)

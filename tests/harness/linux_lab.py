@@ -70,14 +70,22 @@ class Lab:
         self.pods: list[PodInfo] = []
         self.netns_pins: list[Path] = []
 
+    @classmethod
+    def reopen(cls, root: Path, rootfs: Path) -> Lab:
+        """The same lab from another process (restart tests): same directories and cgroup names."""
+        lab = cls.__new__(cls)
+        lab.root, lab.state, lab.rootfs = root, root / "s", rootfs
+        lab.cgroup_base = f"/cri-shim-linux-{root.name}-t"
+        lab.pods, lab.netns_pins = [], []
+        return lab
+
     def backend(self, **kwargs: Any) -> LinuxBackend:
         return LinuxBackend(self.state, **kwargs)
 
     # ------------------------------------------------------------ pods
 
     def make_netns(self) -> str:
-        pin = self.root / f"netns-{len(self.netns_pins)}"
-        pin.touch()
+        pin = Path(tempfile.mkstemp(prefix="netns-", dir=self.root)[1])
         subprocess.run(["unshare", f"--net={pin}", "true"], check=True)
         self.netns_pins.append(pin)
         return str(pin)
@@ -180,9 +188,8 @@ class Lab:
     def leftovers(self) -> dict[str, list[str]]:
         """What the runtime left behind in this lab: mounts, cgroups, processes, pod state."""
         out: dict[str, list[str]] = {}
-        pins = {str(p) for p in self.netns_pins}
         mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-        left = [m for m in mounts if m.startswith(str(self.root)) and m not in pins]
+        left = [m for m in mounts if m.startswith(str(self.root)) and not self._is_netns_pin(m)]
         if left:
             out["mounts"] = left
         cgroups = [str(d / self.cgroup_base.lstrip("/")) for d in Path("/sys/fs/cgroup").iterdir()
@@ -202,10 +209,15 @@ class Lab:
             out["pod_state"] = os.listdir(pods_dir)
         return out
 
+    def _is_netns_pin(self, path: str) -> bool:
+        return os.path.dirname(path) == str(self.root) and os.path.basename(path).startswith("netns-")
+
     def close(self) -> None:
         """Remove what the test itself made (netns pins, directories); never the runtime's leftovers."""
-        for pin in self.netns_pins:
-            subprocess.run(["umount", "-l", str(pin)], check=False, capture_output=True)
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        for pin in mounts:
+            if self._is_netns_pin(pin):   # made by this test (or its driver processes), not by the runtime
+                subprocess.run(["umount", "-l", pin], check=False, capture_output=True)
         self.netns_pins.clear()
         mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
         if not any(m.startswith(str(self.root)) for m in mounts):
