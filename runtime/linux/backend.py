@@ -5,7 +5,7 @@ the zygote (an exec'd helper), and everything else is a request to a shim over
 its unix socket, bounded by a timeout. State that must survive the daemon lives
 with the shims and in files under `<state>/pods/<sandbox id>/`:
 
-    sock, shim.pid, shim.log, pod.json     the shim, its socket and its configuration
+    sock, shim.pid, pod.json               the shim, its socket and its configuration (logs: <state>/zygote.log)
     ns/ipc, ns/uts, shm                    pinned namespaces and the pod's /dev/shm (mounts)
     containers/<id>/state.json, exit.json  written by the shim, read back if the shim died
 
@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 from runtime import base
 from runtime.linux import cgroup_mini as cgroups
 from runtime.linux import protocol as proto
+from runtime.linux import protocol_aio as aio
 from runtime.linux.sessions import AttachSession, ExecSession
 from runtime.linux.shim import cleanup_pod_mounts, pod_paths
 from runtime.linux.shim_client import ShimClient, Zygote, pid_alive, wait_pid_gone
@@ -64,7 +66,7 @@ class LinuxBackend:
     features = base.HandlerFeatures(recursive_read_only_mounts=False, user_namespaces=False)
 
     def __init__(self, state_dir: str | Path, *, cgroup_driver: str = "cgroupfs", call_timeout: float = 10.0,
-                 start_timeout: float = 30.0, log_level: str = "info") -> None:
+                 start_timeout: float = 30.0, log_level: str = "warning") -> None:
         self.state_dir = Path(state_dir)
         longest = len(str(self.state_dir / "pods")) + 1 + MAX_SANDBOX_ID + len("/sock")
         if longest > UNIX_PATH_MAX:
@@ -76,7 +78,7 @@ class LinuxBackend:
         self.call_timeout = call_timeout
         self.start_timeout = start_timeout
         self.log_level = log_level
-        self._zygote = Zygote(self.state_dir)
+        self._zygote = Zygote(self.state_dir, log_level=log_level)
         self._hierarchy = cgroups.open_hierarchy()
         self._pods: dict[str, Pod] = {}
         self._container_pod: dict[str, str] = {}
@@ -521,7 +523,7 @@ class LinuxBackend:
                 delay = min(delay * 2, 5.0)
         try:
             while True:
-                msg, fds = await proto.arecv(sock)
+                msg, fds = await aio.arecv(sock)
                 for fd in fds:
                     os.close(fd)
                 if msg is None:
@@ -571,7 +573,7 @@ class LinuxBackend:
                                         message=f"the pod shim died before the container started ({pod.lost})",
                                         **common)
         return base.ContainerStatus(state=base.ContainerState.EXITED, exit_code=EXIT_UNKNOWN,
-                                    finished_at=_mtime_ns(pod_paths(pod.dir)["log"]), reason=base.REASON_ERROR,
+                                    finished_at=time.time_ns(), reason=base.REASON_ERROR,
                                     message=f"the pod shim died; the exit status is unknown ({pod.lost})",
                                     **common)
 
@@ -678,11 +680,4 @@ def _read_int(path: str) -> int:
     try:
         return int(Path(path).read_text().strip())
     except (OSError, ValueError):
-        return 0
-
-
-def _mtime_ns(path: str) -> int:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
         return 0

@@ -16,10 +16,9 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_ROOT = "/sys/fs/cgroup"
 # Hierarchies a container joins on v1 (name=systemd too, as runc does, so nothing of it stays in ours).
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd")
 # Devices every container gets besides the spec's own (runc's AllowedDevices).
@@ -52,16 +51,18 @@ class CgroupStats:
 
 
 class Hierarchy:
-    def __init__(self, root: Path = CGROUP_ROOT) -> None:
+    def __init__(self, root: str = CGROUP_ROOT) -> None:
+        # Plain strings and os.path, no pathlib: this runs in every pod shim, where each module
+        # touched costs memory (see runtime.linux.shim).
         self.root = root
-        self.v2 = (root / "cgroup.controllers").exists()
-        self.mounts: dict[str, Path] = {}
+        self.v2 = os.path.exists(f"{root}/cgroup.controllers")
+        self.mounts: dict[str, str] = {}
         if self.v2:
             self.mounts["unified"] = root
         else:
             for name in V1_CONTROLLERS:
-                if (root / name).is_dir() and (root / name / "cgroup.procs").exists():
-                    self.mounts[name] = root / name
+                if os.path.exists(f"{root}/{name}/cgroup.procs"):
+                    self.mounts[name] = f"{root}/{name}"
 
     def cgroup(self, path: str) -> Cgroup:
         return Cgroup(self, path)
@@ -84,33 +85,38 @@ class Cgroup:
         self.hierarchy = hierarchy
         self.path = path
 
-    def dirs(self) -> dict[str, Path]:
-        return {name: mnt / self.path.lstrip("/") for name, mnt in self.hierarchy.mounts.items()}
+    def dirs(self) -> dict[str, str]:
+        return {name: mnt + self.path for name, mnt in self.hierarchy.mounts.items()}
 
     def exists(self) -> bool:
-        return any(d.is_dir() for d in self.dirs().values())
+        return any(os.path.isdir(d) for d in self.dirs().values())
 
     def create(self) -> None:
         for name, d in self.dirs().items():
-            missing = [p for p in [d, *d.parents] if not p.exists()]
+            missing = []
+            p = d
+            while not os.path.exists(p):
+                missing.append(p)
+                p = os.path.dirname(p)
             for p in reversed(missing):
                 os.mkdir(p, 0o755)
                 if name == "cpuset":
                     _copy_cpuset_from_parent(p)
 
     def procs_files(self) -> list[str]:
-        return [str(d / "cgroup.procs") for d in self.dirs().values()]
+        return [f"{d}/cgroup.procs" for d in self.dirs().values()]
 
     def add_process(self, pid: int) -> None:
         for f in self.procs_files():
-            _write(Path(f), str(pid))
+            _write(f, str(pid))
 
     def pids(self) -> list[int]:
         d = self._dir("pids") or self._dir("memory") or self._dir("unified")
         if d is None:
             return []
         try:
-            return [int(x) for x in (d / "cgroup.procs").read_text().split()]
+            with open(f"{d}/cgroup.procs") as f:
+                return [int(x) for x in f.read().split()]
         except FileNotFoundError:
             return []
 
@@ -141,9 +147,9 @@ class Cgroup:
         if d is None:
             return False
         try:
-            _write(d / "freezer.state", "FROZEN")
+            _write(f"{d}/freezer.state", "FROZEN")
             for _ in range(500):
-                if (d / "freezer.state").read_text().strip() == "FROZEN":
+                if _read(f"{d}/freezer.state").strip() == "FROZEN":
                     return True
                 time.sleep(0.001)
         except OSError:
@@ -154,17 +160,17 @@ class Cgroup:
         d = self._dir("freezer")
         if d is not None:
             try:
-                _write(d / "freezer.state", "THAWED")
+                _write(f"{d}/freezer.state", "THAWED")
             except OSError:
                 pass
 
     def oom_kill_count(self) -> int:
         d = self._dir("memory")
         if d is not None:
-            return _keyed(d / "memory.oom_control").get("oom_kill", 0)
+            return _keyed(f"{d}/memory.oom_control").get("oom_kill", 0)
         d = self._dir("unified")
         if d is not None:
-            return _keyed(d / "memory.events").get("oom_kill", 0)
+            return _keyed(f"{d}/memory.events").get("oom_kill", 0)
         return 0
 
     def apply(self, resources: Mapping[str, Any] | None) -> None:
@@ -240,34 +246,34 @@ class Cgroup:
             return self._stats_v2()
         out: dict[str, int | None] = {}
         d = self._dir("cpuacct")
-        out["cpu_usage_ns"] = _read_int(d / "cpuacct.usage") if d else None
+        out["cpu_usage_ns"] = _read_int(f"{d}/cpuacct.usage") if d else None
         d = self._dir("memory")
         if d is not None:
-            usage = _read_int(d / "memory.usage_in_bytes")
-            stat = _keyed(d / "memory.stat")
+            usage = _read_int(f"{d}/memory.usage_in_bytes")
+            stat = _keyed(f"{d}/memory.stat")
             out["memory_usage_bytes"] = usage
             if usage is not None:
                 out["memory_working_set_bytes"] = max(0, usage - stat.get("total_inactive_file", 0))
             out["memory_rss_bytes"] = stat.get("total_rss")
             out["page_faults"] = stat.get("total_pgfault")
             out["major_page_faults"] = stat.get("total_pgmajfault")
-            out["memory_limit_bytes"] = _read_int(d / "memory.limit_in_bytes")
+            out["memory_limit_bytes"] = _read_int(f"{d}/memory.limit_in_bytes")
         d = self._dir("pids")
-        out["pids"] = _read_int(d / "pids.current") if d else None
+        out["pids"] = _read_int(f"{d}/pids.current") if d else None
         return CgroupStats(**out)
 
     def _stats_v2(self) -> CgroupStats:
         d = self._dir("unified")
         assert d is not None
-        cpu = _keyed(d / "cpu.stat")
-        mem = _keyed(d / "memory.stat")
-        usage = _read_int(d / "memory.current")
+        cpu = _keyed(f"{d}/cpu.stat")
+        mem = _keyed(f"{d}/memory.stat")
+        usage = _read_int(f"{d}/memory.current")
         return CgroupStats(
             cpu_usage_ns=cpu["usage_usec"] * 1000 if "usage_usec" in cpu else None,
             memory_usage_bytes=usage,
             memory_working_set_bytes=None if usage is None else max(0, usage - mem.get("inactive_file", 0)),
             memory_rss_bytes=mem.get("anon"), page_faults=mem.get("pgfault"),
-            major_page_faults=mem.get("pgmajfault"), pids=_read_int(d / "pids.current"))
+            major_page_faults=mem.get("pgmajfault"), pids=_read_int(f"{d}/pids.current"))
 
     def destroy(self, timeout: float = 2.0) -> None:
         """Remove the cgroup directories (children first); processes still inside are killed first."""
@@ -275,21 +281,21 @@ class Cgroup:
             self.kill_all(signal.SIGKILL)
         deadline = time.monotonic() + timeout
         for d in self.dirs().values():
-            for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) \
-                    if d.is_dir() else []:
+            subdirs = [root for root, _dirs, _files in os.walk(d)][1:] if os.path.isdir(d) else []
+            for sub in sorted(subdirs, key=len, reverse=True):
                 _rmdir_retry(sub, deadline)
             _rmdir_retry(d, deadline)
 
-    def _dir(self, name: str) -> Path | None:
+    def _dir(self, name: str) -> str | None:
         mnt = self.hierarchy.mounts.get(name)
-        return None if mnt is None else mnt / self.path.lstrip("/")
+        return None if mnt is None else mnt + self.path
 
     def _set(self, controller: str, filename: str, value: object, field_name: str) -> None:
         d = self._dir(controller)
         if d is None:
             raise CgroupError(field_name, f"the {controller} controller is not available on this host")
         try:
-            _write(d / filename, str(value))
+            _write(f"{d}/{filename}", str(value))
         except FileNotFoundError:
             raise CgroupError(field_name, f"{filename} does not exist on this host (kernel/controller option off)") \
                 from None
@@ -307,13 +313,13 @@ def _device_rule(rule: Mapping[str, Any]) -> str:
     return f"{kind} {major}:{minor} {access}"
 
 
-def _copy_cpuset_from_parent(path: Path) -> None:
+def _copy_cpuset_from_parent(path: str) -> None:
     for name in ("cpuset.cpus", "cpuset.mems"):
-        if not (path / name).read_text().strip():
-            _write(path / name, (path.parent / name).read_text().strip())
+        if not _read(f"{path}/{name}").strip():
+            _write(f"{path}/{name}", _read(f"{os.path.dirname(path)}/{name}").strip())
 
 
-def _rmdir_retry(path: Path, deadline: float) -> None:
+def _rmdir_retry(path: str, deadline: float) -> None:
     while True:
         try:
             os.rmdir(path)
@@ -327,7 +333,12 @@ def _rmdir_retry(path: Path, deadline: float) -> None:
             time.sleep(0.005)
 
 
-def _write(path: Path, value: str) -> None:
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
@@ -341,17 +352,17 @@ def _int(value: Any) -> int:
     return value
 
 
-def _read_int(path: Path) -> int | None:
+def _read_int(path: str) -> int | None:
     try:
-        return int(path.read_text().split()[0])
+        return int(_read(path).split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
 
-def _keyed(path: Path) -> dict[str, int]:
+def _keyed(path: str) -> dict[str, int]:
     out: dict[str, int] = {}
     try:
-        for line in path.read_text().splitlines():
+        for line in _read(path).splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[1].lstrip("-").isdigit():
                 out[parts[0]] = int(parts[1])

@@ -19,7 +19,6 @@ and `attach` (becomes a stream).
 from __future__ import annotations
 
 import array
-import asyncio
 import json
 import os
 import socket
@@ -98,7 +97,7 @@ def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
 def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     data, fds = recv_raw(sock)
     if not data:
-        _close_all(fds)
+        close_fds(fds)
         return None, []
     return decode(data), fds
 
@@ -113,76 +112,10 @@ def _fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return out
 
 
-def _close_all(fds: list[int]) -> None:
+def close_fds(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
 
 
 def frame(channel: int, payload: bytes = b"") -> bytes:
     return bytes((channel,)) + payload
-
-
-# ---------------------------------------------------------------- asyncio side (the daemon)
-
-
-async def aconnect(path: str) -> socket.socket:
-    sock = new_socket()
-    sock.setblocking(False)
-    try:
-        await asyncio.get_running_loop().sock_connect(sock, path)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def asend_raw(sock: socket.socket, data: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            send_raw(sock, data, fds)
-            return
-        except BlockingIOError:
-            await _wait(loop, sock, writable=True)
-
-
-async def asend(sock: socket.socket, obj: dict[str, Any]) -> None:
-    await asend_raw(sock, encode(obj))
-
-
-async def arecv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            return recv_raw(sock)
-        except BlockingIOError:
-            await _wait(loop, sock, writable=False)
-
-
-async def arecv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    data, fds = await arecv_raw(sock)
-    if not data:
-        _close_all(fds)
-        return None, []
-    return decode(data), fds
-
-
-async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, writable: bool) -> None:
-    fut: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    if writable:
-        loop.add_writer(fd, ready)
-    else:
-        loop.add_reader(fd, ready)
-    try:
-        await fut
-    finally:
-        if writable:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)

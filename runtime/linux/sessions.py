@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from runtime import base
 from runtime.linux import protocol as proto
+from runtime.linux import protocol_aio as aio
 from runtime.linux import syscalls as sc
 
 Chunk = tuple[base.StreamKind, bytes]
@@ -132,7 +133,7 @@ class AttachSession:
     async def _read_loop(self) -> None:
         try:
             while True:
-                data, fds = await proto.arecv_raw(self._sock)
+                data, fds = await aio.arecv_raw(self._sock)
                 for fd in fds:
                     os.close(fd)
                 if not data:
@@ -172,7 +173,7 @@ class AttachSession:
         if self._closed:
             raise base.WrongState("the attach session is closed")
         try:
-            await proto.asend_raw(self._sock, data)
+            await aio.asend_raw(self._sock, data)
         except OSError as e:
             raise base.MonitorLost(f"the attach stream broke: {e.strerror}") from None
 

@@ -16,6 +16,11 @@ pod pays for its monitor, as CRI-O's conmon with monitor_cgroup="pod"). It
 
 It talks to the daemon over `<pod dir>/sock` with runtime.linux.protocol.
 The shim stays in the host's namespaces itself; children join the pod's.
+
+Memory: every page a shim writes after the fork stops being shared with the
+zygote, so the shim keeps its steady state small on purpose: it logs only
+warnings and errors (through the zygote's handler, to `<state>/zygote.log`,
+with the shim's pid), and it imports nothing the zygote has not imported.
 """
 
 from __future__ import annotations
@@ -37,14 +42,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from runtime import oci
 from runtime.linux import cgroup_mini as cgroups
 from runtime.linux import init as cinit
 from runtime.linux import protocol as proto
 from runtime.linux import syscalls as sc
 from runtime.linux.logs import CriLogWriter
 from runtime.linux.spec import ContainerPlan, MountPlan, ProcessPlan, SpecError, check_sysctl, \
-    container_plan, sysctl_path
+    container_plan, read_spec, sysctl_path
 
 log = logging.getLogger("cri-shim.shim")
 
@@ -88,7 +92,7 @@ def pod_paths(pod_dir: str) -> dict[str, str]:
     """Every path a pod shim owns, so the backend can clean up after a shim that died."""
     return {
         "sock": os.path.join(pod_dir, "sock"), "pid": os.path.join(pod_dir, "shim.pid"),
-        "config": os.path.join(pod_dir, "pod.json"), "log": os.path.join(pod_dir, "shim.log"),
+        "config": os.path.join(pod_dir, "pod.json"),
         "ipc": os.path.join(pod_dir, "ns", "ipc"), "uts": os.path.join(pod_dir, "ns", "uts"),
         "shm": os.path.join(pod_dir, "shm"), "containers": os.path.join(pod_dir, "containers"),
     }
@@ -629,9 +633,7 @@ class Shim:
             raise ShimError(proto.WRONG_STATE, "the pod sandbox is stopped")
         bundle = str(msg.get("bundle", ""))
         try:
-            plan = container_plan(oci.read(bundle), bundle)
-        except ValueError as e:
-            raise ShimError(proto.INVALID_SPEC, str(e), "bundle_dir") from None
+            plan = container_plan(read_spec(bundle), bundle)
         except SpecError as e:
             raise ShimError(proto.UNSUPPORTED if e.unsupported else proto.INVALID_SPEC, e.message, e.field) \
                 from None
@@ -1395,13 +1397,31 @@ def _pod_init_main() -> NoReturn:
         os._exit(0)
 
 
+def warm_up() -> None:
+    """Run, in the zygote before it forks, the code paths every shim runs, so the objects they create
+    once (ctypes function pointers, caches, specialised bytecode) exist already and stay shared."""
+    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 0)
+    selectors.DefaultSelector().close()
+    hierarchy = cgroups.open_hierarchy()
+    hierarchy.cgroup("/cri-shim-warm-up/x").dirs()
+    proto.decode(proto.encode(proto.ok(pid=1, namespaces={"ipc": "/x"}, containers=[])))
+    r, w = os.pipe()
+    for fd in (r, w):
+        _set_nonblocking(fd)
+        os.close(fd)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proto.send(a, proto.request("status"))
+    proto.recv(b)
+    a.close()
+    b.close()
+
+
 def run_pod(config: dict[str, Any], reply: socket.socket) -> NoReturn:
     """Entry of a freshly forked shim (from the zygote): set up, answer on `reply`, serve forever."""
     status = 1
     try:
         cfg = PodConfig.from_json(config)
         os.makedirs(cfg.pod_dir, mode=0o700, exist_ok=True)
-        _setup_logging(pod_paths(cfg.pod_dir)["log"], cfg.log_level)
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         sc.set_process_name("cri-shim-pod")
         shim = Shim(cfg)
@@ -1415,18 +1435,10 @@ def run_pod(config: dict[str, Any], reply: socket.socket) -> NoReturn:
             os._exit(1)
         proto.send(reply, proto.ok(**info))
         reply.close()
-        log.info("pod shim for %s serving on %s", cfg.sandbox_id, shim.paths["sock"])
+        log.debug("pod shim for %s serving on %s", cfg.sandbox_id, shim.paths["sock"])
         status = 0
         shim.run()
     except BaseException:  # noqa: BLE001 - log whatever killed the monitor
         log.exception("pod shim failed")
     finally:
         os._exit(status)
-
-
-def _setup_logging(path: str, level: str) -> None:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper() if level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")

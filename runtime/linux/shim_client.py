@@ -22,6 +22,7 @@ from typing import Any
 
 from runtime import base
 from runtime.linux import protocol as proto
+from runtime.linux import protocol_aio as aio
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class ShimClient:
 
     async def connect(self) -> socket.socket:
         try:
-            return await asyncio.wait_for(proto.aconnect(self.sock_path), self.timeout)
+            return await asyncio.wait_for(aio.aconnect(self.sock_path), self.timeout)
         except (OSError, asyncio.TimeoutError) as e:
             raise base.MonitorLost(f"the pod shim of sandbox {self.sandbox_id} is not reachable: "
                                    f"{_describe(e)}") from None
@@ -75,8 +76,8 @@ class ShimClient:
 
     async def _exchange(self, sock: socket.socket, op: str, params: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         try:
-            await proto.asend(sock, proto.request(op, **params))
-            reply, fds = await proto.arecv(sock)
+            await aio.asend(sock, proto.request(op, **params))
+            reply, fds = await aio.arecv(sock)
         except OSError as e:
             raise base.MonitorLost(f"the pod shim of sandbox {self.sandbox_id} failed during {op!r}: "
                                    f"{_describe(e)}") from None
@@ -114,7 +115,9 @@ class Zygote:
     """The warm parent of pod shims: started once (exec'd, never forked by the daemon), reused after a
     daemon restart if it is still alive, and stopped on close()."""
 
-    def __init__(self, state_dir: Path, python: str = sys.executable, timeout: float = 10.0) -> None:
+    def __init__(self, state_dir: Path, python: str = sys.executable, timeout: float = 10.0,
+                 log_level: str = "warning") -> None:
+        self.log_level = log_level
         self.sock_path = str(state_dir / ZYGOTE_SOCKET)
         self.pid_path = self.sock_path + ".pid"
         self.log_path = str(state_dir / "zygote.log")
@@ -138,13 +141,13 @@ class Zygote:
         """Fork a pod shim; the shim itself answers once its namespaces and socket are ready."""
         await self.ensure()
         try:
-            sock = await asyncio.wait_for(proto.aconnect(self.sock_path), self.timeout)
+            sock = await asyncio.wait_for(aio.aconnect(self.sock_path), self.timeout)
         except (OSError, asyncio.TimeoutError) as e:
             self._ready = False
             raise base.RuntimeFailure(f"the shim zygote is not reachable: {_describe(e)}") from None
         try:
-            await proto.asend(sock, proto.request("spawn", config=config))
-            reply, fds = await asyncio.wait_for(proto.arecv(sock), timeout)
+            await aio.asend(sock, proto.request("spawn", config=config))
+            reply, fds = await asyncio.wait_for(aio.arecv(sock), timeout)
         except asyncio.TimeoutError:
             raise base.OperationTimeout(f"the pod shim did not report ready within {timeout:.0f}s") from None
         except OSError as e:
@@ -154,19 +157,19 @@ class Zygote:
         for fd in fds:
             os.close(fd)
         if reply is None:
-            raise base.MonitorLost("the pod shim died while starting (see its shim.log)")
+            raise base.MonitorLost(f"the pod shim died while starting (see {self.log_path})")
         if not reply.get("ok"):
             raise failure_from_reply(reply)
         return reply
 
     async def _ping(self) -> bool:
         try:
-            sock = await asyncio.wait_for(proto.aconnect(self.sock_path), 1.0)
+            sock = await asyncio.wait_for(aio.aconnect(self.sock_path), 1.0)
         except (OSError, asyncio.TimeoutError):
             return False
         try:
-            await proto.asend(sock, proto.request("ping"))
-            reply, _ = await asyncio.wait_for(proto.arecv(sock), 2.0)
+            await aio.asend(sock, proto.request("ping"))
+            reply, _ = await asyncio.wait_for(aio.arecv(sock), 2.0)
             return bool(reply and reply.get("ok") and reply.get("version") == proto.VERSION)
         except (OSError, asyncio.TimeoutError, proto.ProtocolError):
             return False
@@ -180,7 +183,7 @@ class Zygote:
         with open(self.log_path, "ab") as logf:
             # start_new_session: its own session, so the daemon's terminal or unit signals never reach it.
             self._proc = subprocess.Popen(
-                [self.python, "-S", "-m", "runtime.linux.zygote", self.sock_path],
+                [self.python, "-S", "-m", "runtime.linux.zygote", self.sock_path, self.log_level],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, cwd="/",
                 start_new_session=True, close_fds=True)
         deadline = time.monotonic() + self.timeout
@@ -207,10 +210,10 @@ class Zygote:
             self._ready = False
             pid = _read_pid(self.pid_path)
             try:
-                sock = await asyncio.wait_for(proto.aconnect(self.sock_path), 1.0)
+                sock = await asyncio.wait_for(aio.aconnect(self.sock_path), 1.0)
                 try:
-                    await proto.asend(sock, proto.request("stop"))
-                    await asyncio.wait_for(proto.arecv(sock), 2.0)
+                    await aio.asend(sock, proto.request("stop"))
+                    await asyncio.wait_for(aio.arecv(sock), 2.0)
                 finally:
                     sock.close()
             except (OSError, asyncio.TimeoutError, proto.ProtocolError):

@@ -9,6 +9,7 @@ which the backend turns into `InvalidSpec` / `Unsupported` for the caller.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import resource
 from collections.abc import Mapping
@@ -105,6 +106,21 @@ class ContainerPlan:
     rootfs_propagation: int
     seccomp: Mapping[str, Any] | None
     process: ProcessPlan
+
+
+def read_spec(bundle: str) -> dict[str, Any]:
+    """The bundle's config.json (runtime.oci writes it; read here without importing the builder)."""
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise SpecError("bundle_dir", f"{path}: no OCI runtime spec in the bundle") from None
+    except (OSError, ValueError) as e:
+        raise SpecError("bundle_dir", f"{path}: cannot read the OCI runtime spec: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError("bundle_dir", f"{path}: the OCI runtime spec must be a JSON object")
+    return data
 
 
 def container_plan(spec: Mapping[str, Any], bundle: str) -> ContainerPlan:

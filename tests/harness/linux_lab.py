@@ -69,6 +69,7 @@ class Lab:
         self.cgroup_base = f"/cri-shim-linux-{self.root.name}-{name}"
         self.pods: list[PodInfo] = []
         self.netns_pins: list[Path] = []
+        self._seq = 0
 
     @classmethod
     def reopen(cls, root: Path, rootfs: Path) -> Lab:
@@ -77,6 +78,7 @@ class Lab:
         lab.root, lab.state, lab.rootfs = root, root / "s", rootfs
         lab.cgroup_base = f"/cri-shim-linux-{root.name}-t"
         lab.pods, lab.netns_pins = [], []
+        lab._seq = len(list(root.glob("p*")))
         return lab
 
     def backend(self, **kwargs: Any) -> LinuxBackend:
@@ -94,23 +96,33 @@ class Lab:
                   pid: base.NamespaceMode = base.NamespaceMode.CONTAINER,
                   ipc: base.NamespaceMode = base.NamespaceMode.POD, hostname: str = "lab-pod",
                   sysctls: dict[str, str] | None = None) -> PodInfo:
+        spec, info = self.pod_spec(network=network, pid=pid, ipc=ipc, hostname=hostname, sysctls=sysctls)
+        info.status = await b.create_sandbox(spec)
+        self.pods.append(info)
+        return info
+
+    def pod_spec(self, *, network: base.NamespaceMode = base.NamespaceMode.POD,
+                 pid: base.NamespaceMode = base.NamespaceMode.CONTAINER,
+                 ipc: base.NamespaceMode = base.NamespaceMode.POD, hostname: str = "lab-pod",
+                 sysctls: dict[str, str] | None = None) -> tuple[base.SandboxSpec, PodInfo]:
+        """The spec of a new pod and its directories (sandbox files, netns pin), without creating it."""
         sid = new_id()
-        pod_dir = self.root / f"p{len(self.pods)}"
+        self._seq += 1
+        pod_dir = self.root / f"p{self._seq}"
         (pod_dir / "sandbox").mkdir(parents=True)
         (pod_dir / "sandbox/hostname").write_text(hostname + "\n")
         (pod_dir / "sandbox/hosts").write_text(f"127.0.0.1 localhost\n10.9.9.9 {hostname}\n")
         (pod_dir / "sandbox/resolv.conf").write_text("nameserver 10.9.9.1\nsearch lab.local\n")
         netns = self.make_netns() if network == base.NamespaceMode.POD else None
-        cgroup_parent = f"{self.cgroup_base}/pod{len(self.pods)}"
+        cgroup_parent = f"{self.cgroup_base}/pod{self._seq}"
         spec = base.SandboxSpec(
-            id=sid, name=f"lab/pod{len(self.pods)}", hostname=hostname, sandbox_dir=str(pod_dir / "sandbox"),
+            id=sid, name=f"lab/pod{self._seq}", hostname=hostname, sandbox_dir=str(pod_dir / "sandbox"),
             log_directory=str(pod_dir / "logs"),
             linux=base.LinuxSandboxSpec(cgroup_parent=cgroup_parent, network=network, pid=pid, ipc=ipc,
                                         netns_path=netns, sysctls=sysctls or {}))
-        status = await b.create_sandbox(spec)
-        info = PodInfo(id=sid, dir=pod_dir, netns=netns, cgroup_parent=cgroup_parent, status=status, pid_mode=pid)
-        self.pods.append(info)
-        return info
+        status = base.SandboxStatus(id=sid, state=base.SandboxState.NOTREADY)
+        return spec, PodInfo(id=sid, dir=pod_dir, netns=netns, cgroup_parent=cgroup_parent, status=status,
+                             pid_mode=pid)
 
     # ------------------------------------------------------------ containers
 
