@@ -87,6 +87,11 @@ class LinuxBackend:
         (self.state_dir / "pods").mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
 
+    async def start(self) -> None:
+        """Start (or reconnect to) the shim zygote now, so the first pod does not pay for it.
+        Optional: create_sandbox does it on demand."""
+        await self._zygote.ensure()
+
     # ------------------------------------------------------------ sandboxes
 
     async def create_sandbox(self, spec: base.SandboxSpec) -> base.SandboxStatus:

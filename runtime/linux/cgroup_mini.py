@@ -106,6 +106,15 @@ class Cgroup:
     def procs_files(self) -> list[str]:
         return [f"{d}/cgroup.procs" for d in self.dirs().values()]
 
+    def join_files(self) -> list[str]:
+        """What a single-threaded child writes "0" into to enter this cgroup before exec.
+
+        On v1 that is `tasks`, not `cgroup.procs`: moving only the calling thread (the whole process,
+        for a single-threaded child) lets the kernel skip the global cgroup_threadgroup_rwsem, whose
+        write lock waits for an RCU grace period (several ms, up to tens on a busy host)."""
+        name = "cgroup.procs" if self.hierarchy.v2 else "tasks"
+        return [f"{d}/{name}" for d in self.dirs().values()]
+
     def add_process(self, pid: int) -> None:
         for f in self.procs_files():
             _write(f, str(pid))

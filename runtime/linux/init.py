@@ -67,7 +67,7 @@ class InitContext:
     work: str = ""
     start_fd: int = -1
     cgroup_procs: tuple[str, ...] = ()
-    cgroup_dirs: Mapping[str, str] = field(default_factory=dict)
+    cgroup_mounts: tuple[mounts.HostCgroupMount, ...] = ()      # the host's hierarchies + this cgroup in each
     join_fds: Mapping[str, int] = field(default_factory=dict)   # OCI ns type -> fd to setns into
     new_namespaces: int = 0                                      # CLONE_NEW* flags to unshare
     extra_mounts: tuple[MountPlan, ...] = ()                     # pod files (hosts, resolv.conf, ...)
@@ -131,14 +131,17 @@ def _prepare_child(chan: socket.socket, stdio: Stdio, *keep: int) -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     os.setsid()
-    wanted = {chan.fileno(), stdio.stdin, stdio.stdout, stdio.stderr, *keep}
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in wanted:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # the listing's own directory fd
+    _close_all_but({chan.fileno(), stdio.stdin, stdio.stdout, stdio.stderr, *keep})
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every fd above 2 that is not in `keep` (the shim's sockets, other containers' pipes, ...)."""
+    first = 3
+    for fd in sorted(fd for fd in keep if fd > 2):
+        if fd > first:
+            sc.close_range(first, fd - 1)
+        first = fd + 1
+    sc.close_range(first, 0xFFFFFFFF)
 
 
 def _enter_cgroup(procs_files: tuple[str, ...]) -> None:
@@ -182,7 +185,9 @@ def _build_root(ctx: InitContext) -> None:
     rootfs = plan.root_path
     _step(lambda: sc.mount(None, "/", None, plan.rootfs_propagation), "linux.rootfsPropagation",
           "cannot set the propagation of /")
-    _step(lambda: mounts.make_root_private_parent(rootfs), "root.path", "cannot prepare the rootfs mount")
+    if plan.rootfs_propagation & sc.MS_SHARED:
+        # Only a shared / would carry the rootfs mount back to the host (and make pivot_root refuse).
+        _step(lambda: mounts.make_root_private_parent(rootfs), "root.path", "cannot prepare the rootfs mount")
     _step(lambda: mounts.mount_rootfs(rootfs, ctx.layers, ctx.upper, ctx.work), "rootfs",
           "cannot mount the root filesystem")
     root_fd = os.open(rootfs, mounts.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -190,7 +195,7 @@ def _build_root(ctx: InitContext) -> None:
         dev_is_tmpfs = False
         new_cgroupns = bool(ctx.new_namespaces & sc.CLONE_NEWCGROUP)
         for m in (*plan.mounts, *ctx.extra_mounts):
-            mounts.mount_one(root_fd, m, dict(ctx.cgroup_dirs), new_cgroupns)
+            mounts.mount_one(root_fd, m, ctx.cgroup_mounts, new_cgroupns)
             dev_is_tmpfs = dev_is_tmpfs or (m.destination == "/dev" and m.type == "tmpfs")
         if dev_is_tmpfs:
             mounts.make_devices(root_fd, mounts.DEFAULT_DEVICES)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from runtime.linux import syscalls as sc
 from runtime.linux.spec import DevicePlan, MountPlan
@@ -139,10 +140,10 @@ def mount_rootfs(rootfs: str, layers: Iterable[str], upper: str, work: str) -> N
         os.close(here)
 
 
-def mount_one(root_fd: int, m: MountPlan, cgroup_dirs: dict[str, str], new_cgroupns: bool) -> None:
+def mount_one(root_fd: int, m: MountPlan, cgroup_mounts: tuple[HostCgroupMount, ...], new_cgroupns: bool) -> None:
     """One spec mount inside the root, with its flags and propagation."""
     if m.type == "cgroup":
-        _mount_cgroups(root_fd, m, cgroup_dirs, new_cgroupns)
+        _mount_cgroups(root_fd, m, cgroup_mounts, new_cgroupns)
         return
     if m.type in ("proc", "sysfs"):
         _require_plain_dir(root_fd, m)
@@ -211,7 +212,33 @@ def _require_plain_dir(root_fd: int, m: MountPlan) -> None:
         os.close(fd)
 
 
-def _mount_cgroups(root_fd: int, m: MountPlan, cgroup_dirs: dict[str, str], new_cgroupns: bool) -> None:
+@dataclass(frozen=True)
+class HostCgroupMount:
+    name: str            # under /sys/fs/cgroup: "memory", "cpu", "unified", "systemd"
+    fstype: str          # cgroup | cgroup2
+    options: str         # superblock options to mount it again ("memory", "none,name=systemd")
+    container_dir: str   # the container's cgroup directory in this hierarchy ("" if it has none)
+
+
+def host_cgroup_mounts(container_dirs: Mapping[str, str]) -> tuple[HostCgroupMount, ...]:
+    """The host's cgroup hierarchies under /sys/fs/cgroup (read by the shim, once per container)."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, right = line.split(" - ", 1)
+            point = left.split()[4]
+            fstype, _src, super_opts = right.split()[:3]
+            if fstype not in ("cgroup", "cgroup2") or not point.startswith("/sys/fs/cgroup/"):
+                continue
+            name = point[len("/sys/fs/cgroup/"):]
+            if "/" in name:
+                continue
+            opts = ",".join(o for o in super_opts.split(",") if o not in ("rw", "ro"))
+            out.append(HostCgroupMount(name, fstype, opts, container_dirs.get(name, "")))
+    return tuple(out)
+
+
+def _mount_cgroups(root_fd: int, m: MountPlan, hierarchies: tuple[HostCgroupMount, ...], new_cgroupns: bool) -> None:
     """/sys/fs/cgroup: a tmpfs with one mount per host hierarchy, showing only the container's cgroup."""
     ro = m.flags & sc.MS_RDONLY
     base = open_in_root(root_fd, m.destination, "dir")
@@ -219,16 +246,16 @@ def _mount_cgroups(root_fd: int, m: MountPlan, cgroup_dirs: dict[str, str], new_
         sc.mount("tmpfs", fd_path(base), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
     finally:
         os.close(base)
-    for host_mount, fstype, options, name in _host_cgroup_mounts():
-        dest = f"{m.destination}/{name}"
+    for h in hierarchies:
+        dest = f"{m.destination}/{h.name}"
         fd = open_in_root(root_fd, dest, "dir")
         try:
             flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | ro
             if new_cgroupns:
                 # Inside a cgroup namespace a fresh mount's root is the container's own cgroup.
-                sc.mount("cgroup", fd_path(fd), fstype, flags, options)
-            elif name in cgroup_dirs:
-                sc.mount(cgroup_dirs[name], fd_path(fd), None, sc.MS_BIND)
+                sc.mount("cgroup", fd_path(fd), h.fstype, flags, h.options)
+            elif h.container_dir:
+                sc.mount(h.container_dir, fd_path(fd), None, sc.MS_BIND)
                 top = open_in_root(root_fd, dest)
                 try:
                     sc.mount(None, fd_path(top), None, sc.MS_REMOUNT | sc.MS_BIND | flags)
@@ -243,24 +270,6 @@ def _mount_cgroups(root_fd: int, m: MountPlan, cgroup_dirs: dict[str, str], new_
                      sc.MS_NODEV | sc.MS_NOEXEC)
         finally:
             os.close(fd)
-
-
-def _host_cgroup_mounts() -> list[tuple[str, str, str, str]]:
-    """(mount point, fstype, mount data, name under /sys/fs/cgroup) of each host cgroup hierarchy."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, right = line.split(" - ", 1)
-            point = left.split()[4]
-            fstype, _src, super_opts = right.split()[:3]
-            if fstype not in ("cgroup", "cgroup2") or not point.startswith("/sys/fs/cgroup/"):
-                continue
-            name = point[len("/sys/fs/cgroup/"):]
-            if "/" in name:
-                continue
-            opts = ",".join(o for o in super_opts.split(",") if o not in ("rw", "ro"))
-            out.append((point, fstype, opts, name))
-    return out
 
 
 def make_devices(root_fd: int, devices: Iterable[DevicePlan]) -> None:

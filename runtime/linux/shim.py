@@ -44,6 +44,7 @@ from typing import Any, NoReturn
 
 from runtime.linux import cgroup_mini as cgroups
 from runtime.linux import init as cinit
+from runtime.linux import mounts
 from runtime.linux import protocol as proto
 from runtime.linux import syscalls as sc
 from runtime.linux.logs import CriLogWriter
@@ -349,6 +350,7 @@ class Shim:
         self.running = True
         self.listener: socket.socket | None = None
         self.wakeup_r = -1
+        self.host_cgroup_mounts: tuple[mounts.HostCgroupMount, ...] | None = None
 
     # ------------------------------------------------------------ startup
 
@@ -710,8 +712,8 @@ class Shim:
         stdio, parent_ends = self._container_stdio(c, bool(msg.get("stdin")))
         ctx = cinit.InitContext(
             plan=plan, chan=child_chan, stdio=stdio, layers=tuple(str(x) for x in msg.get("layers") or []),
-            upper=c.upper, work=c.work, start_fd=start_r, cgroup_procs=tuple(c.cgroup.procs_files()),
-            cgroup_dirs={k: str(v) for k, v in c.cgroup.dirs().items()}, join_fds=join_fds,
+            upper=c.upper, work=c.work, start_fd=start_r, cgroup_procs=tuple(c.cgroup.join_files()),
+            cgroup_mounts=self._cgroup_mounts(c.cgroup), join_fds=join_fds,
             new_namespaces=new_flags, extra_mounts=self._pod_mounts(plan))
         pid = self._fork_in_pid_ns(plan.namespaces.get("pid"), None, lambda: cinit.container_init(ctx))
         for fd in (start_r, stdio.stdin, stdio.stdout, stdio.stderr, *join_fds.values()):
@@ -730,6 +732,12 @@ class Shim:
             c.stdin_writer = PipeWriter(self, c.stdin_w)
         parent_chan.setblocking(False)
         self.sel.register(parent_chan, selectors.EVENT_READ, lambda ev: self._on_init_chan(c))
+
+    def _cgroup_mounts(self, cg: cgroups.Cgroup) -> tuple[mounts.HostCgroupMount, ...]:
+        if self.host_cgroup_mounts is None:
+            self.host_cgroup_mounts = mounts.host_cgroup_mounts({})
+        dirs = cg.dirs()
+        return tuple(dataclasses.replace(h, container_dir=dirs.get(h.name, "")) for h in self.host_cgroup_mounts)
 
     def _namespace_plan(self, plan: ContainerPlan) -> tuple[dict[str, int], int]:
         """fds to join (paths that differ from where the shim is) and CLONE_NEW* flags for new ones."""
@@ -1171,7 +1179,7 @@ class Shim:
         parent_chan, child_chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         stdio, mine, theirs = _exec_stdio(msg)
         ctx = cinit.ExecContext(process=process, chan=child_chan, stdio=stdio,
-                                cgroup_procs=tuple(c.cgroup.procs_files()), join_fds=join_fds)
+                                cgroup_procs=tuple(c.cgroup.join_files()), join_fds=join_fds)
         try:
             same_pid_ns = _same_file(pid_fd, self.host_ns["pid"])
             pid = self._fork_in_pid_ns(None, None if same_pid_ns else pid_fd, lambda: cinit.exec_process(ctx))

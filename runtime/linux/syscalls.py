@@ -118,6 +118,12 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
                   f"open {path}")
 
 
+def close_range(first: int, last: int) -> None:
+    """Close every fd in [first, last] with one system call."""
+    _check(_libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(0)),
+           "close_range")
+
+
 def close_range_cloexec(first: int) -> None:
     """Mark every fd >= first close-on-exec (so exec drops them while error pipes stay usable until then)."""
     _check(_libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
