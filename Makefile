@@ -11,13 +11,15 @@ export CGO_ENABLED := 0
 export GOFLAGS := -trimpath
 
 # Debian 12 packages the test suite uses (registry, image building, reference runtimes, CNI, Windows headers).
+# gcc + libc6-dev build the static nonewprivs/pause programs of tests/harness/testimages.py; Debian's dynamic
+# `busybox` conflicts with busybox-static, so testimages fetches its .deb with `apt-get download` instead.
 APT_PACKAGES := docker-registry busybox-static skopeo runc containerd containernetworking-plugins \
 	mingw-w64-common mingw-w64-x86-64-dev util-linux iproute2 nftables iptables libseccomp2 tmux \
-	procps psmisc python3-venv
+	procps psmisc python3-venv openssl gcc libc6-dev
 
 STUBS := cri_shim/api/api_pb2.py cri_shim/api/api_pb2_grpc.py cri_shim/api/api_pb2.pyi
 
-.PHONY: all run test unit integration conformance conformance-check deps venv stubs tools typecheck clean bench bench-smoke
+.PHONY: all run test unit integration conformance conformance-check deps venv stubs tools typecheck clean bench bench-smoke bench-pull
 
 all: venv stubs
 
@@ -49,7 +51,7 @@ deps:
 	fi
 
 # crictl goes on PATH; critest is a `go test -c` binary built from the module cache (see tests/conformance).
-tools: $(GOBIN_DIR)/crictl $(BIN)/critest
+tools: $(GOBIN_DIR)/crictl $(BIN)/critest $(BIN)/streaming-client
 
 $(GOBIN_DIR)/crictl:
 	GOBIN=$(GOBIN_DIR) go install -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRI_TOOLS_VERSION:v%=%)" \
@@ -57,6 +59,10 @@ $(GOBIN_DIR)/crictl:
 
 $(BIN)/critest:
 	tests/conformance/build-critest.sh $(CRI_TOOLS_VERSION) $@
+
+# The streaming tests' client: client-go's executors and dialers at the versions crictl $(CRI_TOOLS_VERSION) uses.
+$(BIN)/streaming-client: tests/streaming_client/main.go tests/streaming_client/go.mod tests/streaming_client/go.sum
+	cd tests/streaming_client && go build -o $@ .
 
 typecheck: venv stubs
 	$(VENV)/bin/mypy
@@ -77,5 +83,13 @@ test: deps venv stubs tools typecheck
 	$(PY) -m pytest tests -q
 	$(MAKE) conformance-check
 
+# Cold pull of a 5-layer ~200 MB image from a loopback registry, next to skopeo (prints a ratio).
+bench-pull: venv stubs
+	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cri-shim-bench} $(PY) -m bench.pull
+
 clean:
 	rm -rf $(VENV) $(BIN) $(STUBS) build *.egg-info .pytest_cache .mypy_cache
+
+.PHONY: bench-streaming
+bench-streaming: venv stubs $(BIN)/streaming-client
+	$(PY) bench/streaming.py

@@ -24,6 +24,7 @@ from cri_shim import __version__
 from cri_shim.api import api_pb2_grpc
 from cri_shim.config import Config, parse_host_port
 from cri_shim.errors import StartupError
+from cri_shim.images import store as image_store
 from cri_shim.server.context import DaemonContext
 from cri_shim.server.image_service import ImageService
 from cri_shim.server.interceptor import CriInterceptor
@@ -129,7 +130,9 @@ class Daemon:
             log.warning("host check: %s (Status will report RuntimeReady=false)", problem)
         store = MetadataStore.open(cfg.root_dir / "meta.db")
         resources.callback(store.close)
-        return DaemonContext(config=cfg, store=store, host=host, metrics=Metrics())
+        images = image_store.build(cfg, store)
+        resources.callback(images.close)
+        return DaemonContext(config=cfg, store=store, host=host, metrics=Metrics(), images=images)
 
     async def run(self) -> None:
         with ExitStack() as resources:

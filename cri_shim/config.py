@@ -9,6 +9,7 @@ ignored typo in a runtime's config is a support ticket waiting to happen.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import tomllib
 import types
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cri_shim.errors import ConfigError
+from cri_shim.errors import ConfigError, InvalidArgument
+from cri_shim.images import platform, reference
 
 DEFAULT_CONFIG_FILE = Path("/etc/cri-shim/config.toml")
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
@@ -57,10 +59,45 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class StreamingConfig:
+    address: str = _doc("IP address of the streaming server (Exec/Attach/PortForward URLs). Keep it on loopback: "
+                        "kubelet proxies to it and the URLs carry no other authentication.", "127.0.0.1")
+    port: int = _doc("TCP port of the streaming server; 0 picks a free port at start.", 0)
+    idle_timeout: float = _doc("Seconds a streaming connection may stay silent before it is closed (4 h).", 14400.0)
+    stream_creation_timeout: float = _doc("Seconds a client has to open all streams of a session (and both "
+                                          "streams of a port-forward pair).", 30.0)
+    max_tokens: int = _doc("Streaming URLs handed out but not yet used (each valid 1 minute); more are refused "
+                           "with RESOURCE_EXHAUSTED.", 1000)
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    config_path: str = _doc("Directory of per-registry settings in containerd's hosts.toml format: "
+                            "<config_path>/<host>/hosts.toml (mirrors tried in order, CA, skip_verify, plain http). "
+                            '"" = every registry over https, no mirrors.', "")
+    credentials_file: str = _doc('Registry credentials in Docker\'s config.json layout ({"auths": {"<host>": '
+                                 '{"auth": "<base64 user:password>"}}}), read at each pull; "" = none.', "")
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    max_concurrent_downloads: int = _doc("Layers downloaded (and unpacked) at the same time, over all pulls.", 3)
+    pull_progress_timeout: float = _doc("Seconds a pull may receive no data before it fails; 0 = no limit.", 300.0)
+    pinned_images: list[str] = _doc("Images reported as pinned (kubelet never garbage-collects them).",
+                                    ["registry.k8s.io/pause:3.10"])
+    platform: str = _doc('Platform pulled from multi-platform images, os/arch[/variant]; "" = this machine\'s.', "")
+    max_layer_bytes: int = _doc("Largest uncompressed layer accepted, in bytes (decompression bomb guard); "
+                                "0 = no limit.", 64 << 30)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
 
     @property
     def socket_path(self) -> Path:
@@ -158,9 +195,50 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: server.shutdown_timeout: must be >= 0, got {s.shutdown_timeout}")
     if s.metrics_address:
         parse_host_port(s.metrics_address, f"{source}: server.metrics_address")
+    _validate_streaming(config.streaming, source)
+    _validate_images(config, source)
     if config.runtime.cgroup_driver not in CGROUP_DRIVERS:
         raise ConfigError(f"{source}: runtime.cgroup_driver: must be one of {', '.join(CGROUP_DRIVERS)}, "
                           f"got {config.runtime.cgroup_driver!r}")
+
+
+def _validate_streaming(st: StreamingConfig, source: str) -> None:
+    try:
+        ipaddress.ip_address(st.address)
+    except ValueError:
+        raise ConfigError(f"{source}: streaming.address: must be an IP address (e.g. 127.0.0.1 or ::1), "
+                          f"got {st.address!r}") from None
+    if not 0 <= st.port <= 65535:
+        raise ConfigError(f"{source}: streaming.port: must be 0-65535, got {st.port}")
+    for key in ("idle_timeout", "stream_creation_timeout"):
+        if getattr(st, key) <= 0:
+            raise ConfigError(f"{source}: streaming.{key}: must be > 0 seconds, got {getattr(st, key)}")
+    if st.max_tokens < 1:
+        raise ConfigError(f"{source}: streaming.max_tokens: must be >= 1, got {st.max_tokens}")
+
+
+def _validate_images(config: Config, source: str) -> None:
+    r, i = config.registry, config.images
+    for key in ("config_path", "credentials_file"):
+        value = getattr(r, key)
+        if value and not Path(value).is_absolute():
+            raise ConfigError(f"{source}: registry.{key}: must be an absolute path, got {value!r}")
+    if i.max_concurrent_downloads < 1:
+        raise ConfigError(f"{source}: images.max_concurrent_downloads: must be >= 1, got {i.max_concurrent_downloads}")
+    if i.pull_progress_timeout < 0:
+        raise ConfigError(f"{source}: images.pull_progress_timeout: must be >= 0, got {i.pull_progress_timeout}")
+    if i.max_layer_bytes < 0:
+        raise ConfigError(f"{source}: images.max_layer_bytes: must be >= 0, got {i.max_layer_bytes}")
+    if i.platform:
+        try:
+            platform.parse(i.platform)
+        except ValueError as e:
+            raise ConfigError(f"{source}: images.platform: {e}") from None
+    for name in i.pinned_images:
+        try:
+            reference.parse_lookup(name)
+        except InvalidArgument as e:
+            raise ConfigError(f"{source}: images.pinned_images: {e.message}") from None
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:

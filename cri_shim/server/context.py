@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cri_shim.config import Config
+from cri_shim.images.store import ImageStore
 from cri_shim.server.metrics import Metrics
 from cri_shim.services.status import HandlerInfo
 from cri_shim.store.db import MetadataStore
@@ -18,6 +19,7 @@ class DaemonContext:
     store: MetadataStore
     host: HostReport
     metrics: Metrics
+    images: ImageStore
     handlers: list[HandlerInfo] = field(default_factory=lambda: [HandlerInfo(name="")])
 
     @property

@@ -41,6 +41,27 @@ MIGRATIONS: list[tuple[int, str]] = [
             body TEXT NOT NULL
         );
     """),
+    (3, """
+        CREATE TABLE images (
+            id   TEXT PRIMARY KEY,
+            body TEXT NOT NULL
+        );
+        CREATE TABLE image_names (
+            name     TEXT PRIMARY KEY,
+            image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+        );
+        CREATE INDEX image_names_by_image ON image_names(image_id);
+        CREATE TABLE image_users (
+            container_id TEXT PRIMARY KEY,
+            image_id     TEXT NOT NULL,
+            snapshot_ids TEXT NOT NULL
+        );
+        CREATE TABLE snapshots (
+            chain_id   TEXT PRIMARY KEY,
+            used_bytes INTEGER NOT NULL,
+            inodes     INTEGER NOT NULL
+        );
+    """),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -17,15 +17,41 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import stop_and_clean
-from tests.harness.daemon import Daemon, new_daemon
+from tests.harness.daemon import Daemon, make_workdir, new_daemon
+from tests.harness.registry import LocalRegistry, start_registry
+from tests.harness.testimages import push_all
 
 HERE = Path(__file__).resolve().parent
 PASSING = HERE / "passing.txt"
 KNOWN = HERE / "known-failures.txt"
 log = logging.getLogger("conformance")
+
+# critest pulls these by their upstream names; the daemon fetches them from the local registry instead.
+MIRRORED_REGISTRIES = ("registry.k8s.io", "gcr.io", "k8s.gcr.io")
+
+
+def start_mirror() -> tuple[LocalRegistry, Path]:
+    """A local registry holding the critest image set under the original repository paths, and a hosts.toml
+    directory that mirrors registry.k8s.io, gcr.io and k8s.gcr.io to it (names are kept)."""
+    registry = start_registry()
+    hosts = make_workdir("hosts")
+    try:
+        for name in MIRRORED_REGISTRIES:
+            (hosts / name).mkdir()
+            (hosts / name / "hosts.toml").write_text(
+                f'server = "https://{name}"\n[host."http://{registry.host}"]\ncapabilities = ["pull", "resolve"]\n')
+        started = time.monotonic()
+        push_all(registry.host)
+        log.info("critest images pushed to %s in %.1fs", registry.host, time.monotonic() - started)
+    except BaseException:
+        registry.stop()
+        shutil.rmtree(hosts, ignore_errors=True)
+        raise
+    return registry, hosts
 
 
 def read_list(path: Path) -> list[str]:
@@ -65,10 +91,18 @@ def main() -> int:
     args = ap.parse_args()
 
     critest = args.critest.resolve()
-    daemon = new_daemon(log_level="info").start()
+    registry, hosts = start_mirror()
+    try:
+        daemon = new_daemon({"registry": {"config_path": str(hosts)}}, log_level="info").start()
+    except BaseException:
+        registry.stop()
+        shutil.rmtree(hosts, ignore_errors=True)
+        raise
     try:
         results = run_critest(critest, daemon, args.critest_args)
     finally:
+        registry.stop()
+        shutil.rmtree(hosts, ignore_errors=True)
         workdir = daemon.workdir
         if args.keep:
             daemon.stop()

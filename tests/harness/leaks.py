@@ -7,7 +7,8 @@ process, a test directory) fails the run with the list of leftovers.
 Scope: every daemon a test starts keeps its files under the test base
 directory (CRI_SHIM_TEST_TMP), so mounts and processes are matched by that
 path, which lets several suites run side by side on one machine. Cgroups are
-matched by "cri-shim" in their path; netns and links are host-wide.
+matched by the test base's name in their path (tests put the cgroups they make
+under a parent named after it, see `cgroup_tag`); netns and links are host-wide.
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ def _netns() -> frozenset[str]:
     return frozenset(out)
 
 
-def _cgroups() -> frozenset[str]:
+def cgroup_tag(base: Path) -> str:
+    """The string every cgroup made by this test run must contain."""
+    return base.name
+
+
+def _cgroups(tag: str) -> frozenset[str]:
     out = set()
     if not CGROUP_ROOT.is_dir():
         return frozenset()
@@ -60,7 +66,7 @@ def _cgroups() -> frozenset[str]:
         if not top.is_dir() or top.is_symlink():
             continue
         for dirpath, _dirs, _files in os.walk(top):
-            if "cri-shim" in dirpath[len(str(top)):]:
+            if tag in dirpath[len(str(top)):]:
                 out.add(dirpath)
     return frozenset(out)
 
@@ -89,7 +95,7 @@ def _test_dirs(base: Path) -> frozenset[str]:
 
 
 def snapshot(test_base: Path) -> Snapshot:
-    return Snapshot(mounts=_mounts(test_base), netns=_netns(), cgroups=_cgroups(), links=_links(),
+    return Snapshot(mounts=_mounts(test_base), netns=_netns(), cgroups=_cgroups(cgroup_tag(test_base)), links=_links(),
                     processes=_processes(test_base), test_dirs=_test_dirs(test_base))
 
 

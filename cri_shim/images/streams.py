@@ -1,0 +1,144 @@
+"""Streaming a layer: hash the compressed bytes, keep a copy, decompress, hash again.
+
+    registry/file -> CompressedReader (sha256 = digest, copy into the content store)
+                  -> Decompressor (gzip via zlib, zstd via zstandard, or none; sha256 = diff_id; byte budget)
+                  -> tar extraction (runtime.linux.unpack.unpack_layer)
+
+Everything is read sequentially, once, on one thread, with bounded memory:
+decompression output is capped per call, so a bomb costs CPU, never RAM, and
+the byte budget stops it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from typing import Protocol
+
+import zstandard
+
+from cri_shim.errors import FailedPrecondition, ResourceExhausted
+from cri_shim.images.content import Ingest
+from cri_shim.images.manifest import Compression
+
+CHUNK = 1 << 20
+
+
+class Source(Protocol):
+    def readinto(self, buf: memoryview) -> int: ...
+
+
+class ClosableSource(Source, Protocol):
+    def close(self) -> None: ...
+
+
+class CompressedReader:
+    """Reads a blob as it arrives: every byte is hashed and, with `sink`, written to the content store."""
+
+    def __init__(self, source: Source, sink: Ingest | None) -> None:
+        self._source = source
+        self._sink = sink
+        self._hash = hashlib.sha256()
+        self._buf = bytearray(CHUNK)
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        view = memoryview(self._buf)[:CHUNK if n < 0 else min(n, CHUNK)]
+        got = self._source.readinto(view)
+        if got == 0:
+            return b""
+        data = bytes(view[:got])
+        self._hash.update(data)
+        if self._sink is not None:
+            self._sink.write(data)
+        self.count += got
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+class Decompressor:
+    """A file-like `read(n)` over the decompressed (tar) stream, hashed for the diff_id, held to a byte budget.
+
+    Output is produced, hashed and counted in chunks of up to 1 MiB whatever
+    size the reader asks for (tarfile asks for 64 KiB): fewer, larger hash
+    updates mean fewer GIL hand-offs between parallel layer threads.
+    """
+
+    def __init__(self, source: CompressedReader, compression: Compression, max_bytes: int, what: str) -> None:
+        self._source = source
+        self._compression = compression
+        self._max = max_bytes
+        self._what = what
+        self._hash = hashlib.sha256()
+        self._pending = bytearray()
+        self._eof = False
+        self._gzip = zlib.decompressobj(wbits=31) if compression is Compression.GZIP else None
+        self._zstd = (zstandard.ZstdDecompressor().stream_reader(source,  # type: ignore[arg-type]  # needs read()
+                                                                 read_size=CHUNK, read_across_frames=True)
+                      if compression is Compression.ZSTD else None)
+        self.count = 0
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+    def read(self, n: int = -1) -> bytes:
+        want = CHUNK if n is None or n < 0 else n
+        while len(self._pending) < want and not self._eof:
+            self._produce(self._decompress(CHUNK))
+        data = bytes(self._pending[:want])
+        del self._pending[:want]
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    def _produce(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self.count += len(chunk)
+        if self._max and self.count > self._max:
+            raise ResourceExhausted(f"{self._what}: uncompressed layer is larger than the {self._max} bytes "
+                                    "allowed (images.max_layer_bytes)")
+        self._hash.update(chunk)
+        self._pending += chunk
+
+    def _decompress(self, size: int) -> bytes:
+        """Up to `size` more decompressed bytes; sets `_eof` at the end of the stream."""
+        if self._compression is Compression.NONE:
+            chunk = self._source.read(size)
+        elif self._zstd is not None:
+            try:
+                chunk = self._zstd.read(size)
+            except zstandard.ZstdError as e:
+                raise FailedPrecondition(f"{self._what}: not a valid zstd stream ({e})") from None
+        else:
+            return self._gunzip(size)
+        self._eof = not chunk
+        return chunk
+
+    def _gunzip(self, size: int) -> bytes:
+        d = self._gzip
+        assert d is not None
+        try:
+            if d.eof:
+                rest = d.unused_data or self._source.read(CHUNK)
+                if rest[:2] != b"\x1f\x8b":
+                    self._eof = True  # trailing bytes after the last member: hashed, not extracted
+                    return b""
+                d = self._gzip = zlib.decompressobj(wbits=31)  # another gzip member follows
+                return d.decompress(rest, size)
+            data = d.unconsumed_tail or self._source.read(CHUNK)
+            if not data:
+                raise FailedPrecondition(f"{self._what}: the gzip stream ends early (truncated layer)")
+            return d.decompress(data, size)
+        except zlib.error as e:
+            raise FailedPrecondition(f"{self._what}: not a valid gzip stream ({e})") from None
