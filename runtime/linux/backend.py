@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,7 +45,8 @@ UNIX_PATH_MAX = 107
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_SANDBOX_ID = 64         # the daemon's ids are 64 hex characters; the shim socket path must fit sun_path
 EXIT_UNKNOWN = 255          # containerd's "unknown exit code" for a container whose monitor vanished
-STOP_KILL_WAIT = 10.0       # after SIGKILL of every process, how long an exit may take to be reaped
+STOP_KILL_WAIT = 10.0
+DEATH_CONFIRM = 2.0         # a closed event stream + the shim's pid gone within this = the shim died       # after SIGKILL of every process, how long an exit may take to be reaped
 
 
 @dataclass
@@ -513,12 +515,12 @@ class LinuxBackend:
                 log.exception("event sink failed")
 
     async def _watch(self, pod: Pod) -> None:
-        """Exit events from the shim; EOF on this connection means the shim died."""
+        """Exit events from the shim. The stream ending means the shim died (it is confirmed by the
+        process going away within DEATH_CONFIRM seconds), otherwise the watcher reconnects."""
         delay = 0.1
-        while True:
+        while not pod.lost and not pod.removing:
             try:
                 sock, _ = await pod.client.open_stream("events")
-                break
             except base.RuntimeFailure as e:
                 if not (pod.pid and pid_alive(pod.pid)):
                     self._mark_lost(pod, f"the pod shim is gone: {e.message}")
@@ -526,13 +528,22 @@ class LinuxBackend:
                 # alive but not answering (stopped, overloaded): try again, a little later each time
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            await self._read_events(pod, sock)
+            # The socket closes while the process is still exiting: give it a moment to be gone.
+            if not pod.pid or await wait_pid_gone(pod.pid, DEATH_CONFIRM):
+                self._mark_lost(pod, "the pod shim exited unexpectedly")
+                return
+
+    async def _read_events(self, pod: Pod, sock: socket.socket) -> None:
         try:
             while True:
                 msg, fds = await aio.arecv(sock)
                 for fd in fds:
                     os.close(fd)
                 if msg is None:
-                    break
+                    return
                 if msg.get("event") == "exited":
                     self._emit(base.RuntimeEvent(base.EventKind.EXITED, pod.id, str(msg["id"]),
                                                  _status(msg["status"])))
@@ -540,13 +551,12 @@ class LinuxBackend:
             log.warning("sandbox %s: event stream failed: %s", pod.id, e)
         finally:
             sock.close()
-        self._mark_lost(pod, "the pod shim exited unexpectedly")
 
     def _mark_lost(self, pod: Pod, why: str) -> None:
         if pod.lost or pod.removing or pod.id not in self._pods:
             return
         if pod.pid and pid_alive(pod.pid):
-            return  # a broken connection, not a dead shim
+            return  # a broken connection, not a dead shim (the watcher keeps trying)
         pod.lost = why
         log.warning("sandbox %s: %s", pod.id, why)
         self._emit(base.RuntimeEvent(base.EventKind.MONITOR_LOST, pod.id, None))

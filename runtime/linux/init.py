@@ -28,9 +28,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from runtime.linux import mounts
+from runtime.linux import masked_paths, mounts, process_security, sysctls
 from runtime.linux import protocol as proto
 from runtime.linux import syscalls as sc
+from runtime.linux.process_security import PreparedSecurity
 from runtime.linux.mounts import MountError
 from runtime.linux.spec import ContainerPlan, MountPlan, ProcessPlan, SpecError, sysctl_path
 
@@ -60,6 +61,7 @@ class Stdio:
 @dataclass
 class InitContext:
     plan: ContainerPlan
+    security: PreparedSecurity                                   # validated and compiled by the shim
     chan: socket.socket
     stdio: Stdio
     layers: tuple[str, ...] = ()
@@ -76,6 +78,7 @@ class InitContext:
 @dataclass
 class ExecContext:
     process: ProcessPlan
+    security: PreparedSecurity
     chan: socket.socket
     stdio: Stdio
     cgroup_procs: tuple[str, ...] = ()
@@ -85,13 +88,16 @@ class ExecContext:
 def container_init(ctx: InitContext) -> NoReturn:
     try:
         _prepare_child(ctx.chan, ctx.stdio, ctx.start_fd, *ctx.join_fds.values())
+        # Not dumpable until execve: nothing already in the container may open /proc/<us>/exe (the host's
+        # python, CVE-2019-5736) or ptrace us while we still hold host resources.
+        process_security.set_dumpable(False)
         _enter_cgroup(ctx.cgroup_procs)
         _join(ctx.join_fds)
         _step(lambda: sc.unshare(ctx.new_namespaces), "linux.namespaces", "cannot create namespaces")
         plan = ctx.plan
         if plan.hostname:
             _step(lambda: socket.sethostname(plan.hostname), "hostname", "cannot set the hostname")
-        _apply_sysctls(plan.sysctl)
+        _step(lambda: sysctls.write_sysctls(ctx.security.sysctls), "linux.sysctl", "cannot set sysctls")
         _build_root(ctx)
         _set_limits(plan.process)
         _setup_stdio(ctx.chan, ctx.stdio)
@@ -101,7 +107,7 @@ def container_init(ctx: InitContext) -> NoReturn:
         if os.read(ctx.start_fd, 1) != b"s":
             os._exit(0)  # the shim deleted us before start
         os.close(ctx.start_fd)
-        _exec(plan.process, path, ctx.chan)
+        _exec(plan.process, ctx.security, path)
     except BaseException as e:  # noqa: BLE001 - the child must report and _exit, never unwind into the shim
         _report_and_exit(ctx.chan, e)
 
@@ -109,13 +115,14 @@ def container_init(ctx: InitContext) -> NoReturn:
 def exec_process(ctx: ExecContext) -> NoReturn:
     try:
         _prepare_child(ctx.chan, ctx.stdio, *ctx.join_fds.values())
+        process_security.set_dumpable(False)
         _enter_cgroup(ctx.cgroup_procs)
         _join(ctx.join_fds)
         _set_limits(ctx.process)
         _setup_stdio(ctx.chan, ctx.stdio)
         _chdir(ctx.process.cwd, "cwd", create=False)
         path = find_executable(ctx.process, "args")
-        _exec(ctx.process, path, ctx.chan)
+        _exec(ctx.process, ctx.security, path)
     except BaseException as e:  # noqa: BLE001
         _report_and_exit(ctx.chan, e)
 
@@ -170,16 +177,6 @@ def _join(fds: Mapping[str, int]) -> None:
         os.close(fd)
 
 
-def _apply_sysctls(sysctls: Mapping[str, str]) -> None:
-    for key, value in sysctls.items():
-        try:
-            with open(sysctl_path(key), "w") as f:
-                f.write(value)
-        except OSError as e:
-            raise InitFailure(proto.INVALID_SPEC, f"cannot set {key}={value}: {e.strerror}",
-                              f"linux.sysctl[{key}]") from None
-
-
 def _build_root(ctx: InitContext) -> None:
     plan = ctx.plan
     rootfs = plan.root_path
@@ -204,8 +201,8 @@ def _build_root(ctx: InitContext) -> None:
         _step(lambda: mounts.pivot_root(root_fd), "root.path", "cannot pivot into the root filesystem")
     finally:
         os.close(root_fd)
-    mounts.mask_paths(plan.masked_paths)
-    mounts.readonly_paths(plan.readonly_paths)
+    _step(lambda: masked_paths.mask_paths("/", plan.masked_paths, plan.readonly_paths), "linux.maskedPaths",
+          "cannot mask paths")
     if plan.root_readonly:
         _step(mounts.remount_root_readonly, "root.readonly", "cannot make the root filesystem read-only")
 
@@ -300,37 +297,16 @@ def find_executable(p: ProcessPlan, field_name: str) -> str:
     raise InitFailure(proto.INVALID_SPEC, f"executable {name!r} {where} in the container", f"{field_name}[0]")
 
 
-def _exec(p: ProcessPlan, path: str, chan: socket.socket) -> NoReturn:
-    if p.umask is not None:
-        os.umask(p.umask)
-    _switch_user(p)
-    apply_process_security(p)
-    sc.close_range_cloexec(3)
+def _exec(p: ProcessPlan, security: PreparedSecurity, path: str) -> NoReturn:
     env = dict(e.split("=", 1) for e in p.env)
+    # Last step before execve: every fd above 2 close-on-exec, cwd check, umask, user, capabilities,
+    # no_new_privs and seccomp (runtime.linux.process_security, in runc's order).
+    _step(lambda: process_security.apply(security), "process", "cannot apply the process security settings")
     try:
         os.execve(path, list(p.args), env)
     except OSError as e:
         raise InitFailure(proto.INVALID_SPEC, f"cannot run {p.args[0]!r}: {e.strerror}", "process.args[0]") \
             from None
-
-
-def _switch_user(p: ProcessPlan) -> None:
-    try:
-        os.setgroups(list(p.additional_gids))
-        os.setresgid(p.gid, p.gid, p.gid)
-        os.setresuid(p.uid, p.uid, p.uid)
-    except OSError as e:
-        raise InitFailure(proto.FAILURE, f"cannot switch to uid {p.uid} gid {p.gid}: {e.strerror}",
-                          "process.user") from None
-
-
-def apply_process_security(p: ProcessPlan) -> None:
-    """The call site for runtime.linux.process_security (capabilities, seccomp) from the security work.
-
-    Until it is merged only no_new_privileges is applied here; capabilities and
-    seccomp from the spec are NOT enforced yet."""
-    if p.no_new_privileges:
-        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
 
 
 # ---------------------------------------------------------------- reporting
@@ -342,7 +318,8 @@ def _step(action: Callable[[], object], field_name: str, what: str) -> None:
     except (MountError, SpecError, InitFailure):
         raise
     except OSError as e:
-        raise InitFailure(proto.FAILURE, f"{what}: {e.strerror or e}", field_name) from None
+        detail = e.strerror if e.strerror and not e.args[1:] else (e.args[1] if len(e.args) > 1 else str(e))
+        raise InitFailure(proto.FAILURE, f"{what}: {detail}", field_name) from None
 
 
 def _report_and_exit(chan: socket.socket, e: BaseException) -> NoReturn:

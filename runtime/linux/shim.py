@@ -44,7 +44,8 @@ from typing import Any, NoReturn
 
 from runtime.linux import cgroup_mini as cgroups
 from runtime.linux import init as cinit
-from runtime.linux import mounts
+from runtime import base
+from runtime.linux import mounts, process_security, seccomp
 from runtime.linux import protocol as proto
 from runtime.linux import syscalls as sc
 from runtime.linux.logs import CriLogWriter
@@ -259,6 +260,7 @@ class Container:
     attachers: list[Conn] = field(default_factory=list)
     waiters: list[Conn] = field(default_factory=list)
     pending: Conn | None = None                              # the create/start request being answered
+    security: process_security.PreparedSecurity | None = None
     stdin_writer: PipeWriter | None = None
 
     def status(self) -> dict[str, Any]:
@@ -351,6 +353,7 @@ class Shim:
         self.listener: socket.socket | None = None
         self.wakeup_r = -1
         self.host_cgroup_mounts: tuple[mounts.HostCgroupMount, ...] | None = None
+        self.seccomp_cache = seccomp.FilterCache()
 
     # ------------------------------------------------------------ startup
 
@@ -635,15 +638,18 @@ class Shim:
             raise ShimError(proto.WRONG_STATE, "the pod sandbox is stopped")
         bundle = str(msg.get("bundle", ""))
         try:
-            plan = container_plan(read_spec(bundle), bundle)
+            spec = read_spec(bundle)
+            plan = container_plan(spec, bundle)
         except SpecError as e:
             raise ShimError(proto.UNSUPPORTED if e.unsupported else proto.INVALID_SPEC, e.message, e.field) \
                 from None
         if msg.get("readonly"):
             plan = dataclasses.replace(plan, root_readonly=True)
+        security = self._prepare_security(lambda: process_security.prepare(spec, cache=self.seccomp_cache))
         undo: list[Callable[[], None]] = []
         try:
             c = self._prepare_container(cid, bundle, plan, msg, undo)
+            c.security = security
             self._fork_init(c, msg, undo)
         except BaseException:
             for step in reversed(undo):
@@ -710,8 +716,9 @@ class Shim:
         parent_chan, child_chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         start_r, start_w = os.pipe()
         stdio, parent_ends = self._container_stdio(c, bool(msg.get("stdin")))
+        assert c.security is not None
         ctx = cinit.InitContext(
-            plan=plan, chan=child_chan, stdio=stdio, layers=tuple(str(x) for x in msg.get("layers") or []),
+            plan=plan, security=c.security, chan=child_chan, stdio=stdio, layers=tuple(str(x) for x in msg.get("layers") or []),
             upper=c.upper, work=c.work, start_fd=start_r, cgroup_procs=tuple(c.cgroup.join_files()),
             cgroup_mounts=self._cgroup_mounts(c.cgroup), join_fds=join_fds,
             new_namespaces=new_flags, extra_mounts=self._pod_mounts(plan))
@@ -732,6 +739,19 @@ class Shim:
             c.stdin_writer = PipeWriter(self, c.stdin_w)
         parent_chan.setblocking(False)
         self.sel.register(parent_chan, selectors.EVENT_READ, lambda ev: self._on_init_chan(c))
+
+    @staticmethod
+    def _prepare_security(prepare: Callable[[], process_security.PreparedSecurity]
+                          ) -> process_security.PreparedSecurity:
+        """Users, capabilities, seccomp (compiled here, loaded by the child), LSM refusal, sysctls."""
+        try:
+            return prepare()
+        except base.InvalidSpec as e:
+            raise ShimError(proto.INVALID_SPEC, e.message.removeprefix(f"{e.field}: "), e.field) from None
+        except base.Unsupported as e:
+            raise ShimError(proto.UNSUPPORTED, e.message) from None
+        except base.RuntimeFailure as e:
+            raise ShimError(proto.FAILURE, e.message) from None
 
     def _cgroup_mounts(self, cg: cgroups.Cgroup) -> tuple[mounts.HostCgroupMount, ...]:
         if self.host_cgroup_mounts is None:
@@ -1160,6 +1180,10 @@ class Shim:
         if c.state != STATE_RUNNING or c.reaped:
             raise ShimError(proto.WRONG_STATE, f"container {c.id} is not running")
         process = _exec_process(c.plan.process, msg)
+        raw = {**c.plan.process.raw, "args": list(process.args), "env": list(process.env), "cwd": process.cwd,
+               "terminal": process.terminal}
+        security = self._prepare_security(
+            lambda: process_security.prepare_process(raw, c.plan.seccomp, cache=self.seccomp_cache))
         join_fds: dict[str, int] = {}
         pid_fd = -1
         try:
@@ -1178,7 +1202,7 @@ class Shim:
             raise ShimError(proto.WRONG_STATE, f"container {c.id} is not running") from None
         parent_chan, child_chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         stdio, mine, theirs = _exec_stdio(msg)
-        ctx = cinit.ExecContext(process=process, chan=child_chan, stdio=stdio,
+        ctx = cinit.ExecContext(process=process, security=security, chan=child_chan, stdio=stdio,
                                 cgroup_procs=tuple(c.cgroup.join_files()), join_fds=join_fds)
         try:
             same_pid_ns = _same_file(pid_fd, self.host_ns["pid"])
