@@ -33,10 +33,12 @@ from typing import Any
 
 from runtime import base
 from runtime.linux import cgroup_mini as cgroups
+from runtime.linux import seccomp
 from runtime.linux import protocol as proto
 from runtime.linux import protocol_aio as aio
 from runtime.linux.sessions import AttachSession, ExecSession
 from runtime.linux.shim import cleanup_pod_mounts, pod_paths
+from runtime.linux.spec import SpecError, read_spec
 from runtime.linux.shim_client import ShimClient, Zygote, pid_alive, wait_pid_gone
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class LinuxBackend:
         self._container_pod: dict[str, str] = {}
         self._stop_signals: dict[str, int] = {}
         self._sinks: list[Callable[[base.RuntimeEvent], None]] = []
+        self._seccomp_cache = seccomp.FilterCache()
         (self.state_dir / "pods").mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
 
@@ -290,18 +293,31 @@ class LinuxBackend:
             raise base.InvalidSpec("stdio.log_path", f"{spec.stdio.log_path!r} must be an absolute path")
         if not 0 < spec.stop_signal < signal.NSIG:
             raise base.InvalidSpec("stop_signal", f"{spec.stop_signal} is not a signal")
+        compiled = await self._compile_seccomp(spec.bundle_dir)
         self._container_pod[spec.id] = spec.sandbox_id
         try:
             reply = await pod.client.call(
                 "create", timeout=self.start_timeout, id=spec.id, bundle=spec.bundle_dir,
                 layers=list(spec.rootfs.layers), scratch=spec.rootfs.scratch, readonly=spec.rootfs.readonly,
                 log_path=spec.stdio.log_path, stdin=spec.stdio.stdin, stdin_once=spec.stdio.stdin_once,
-                tty=spec.stdio.tty, stop_signal=spec.stop_signal)
+                tty=spec.stdio.tty, stop_signal=spec.stop_signal, seccomp=compiled)
         except BaseException:
             self._container_pod.pop(spec.id, None)
             raise
         self._stop_signals[spec.id] = spec.stop_signal
         return _status(reply["status"])
+
+    async def _compile_seccomp(self, bundle_dir: str) -> dict[str, Any] | None:
+        """Compile the spec's seccomp profile here, once per distinct profile (FilterCache), instead of in
+        every pod shim: the shim and the container init only load the BPF."""
+        try:
+            profile = (read_spec(bundle_dir).get("linux") or {}).get("seccomp")
+        except SpecError as e:
+            raise base.InvalidSpec(e.field, e.message) from None
+        if not profile:
+            return None
+        compiled = await asyncio.to_thread(self._seccomp_cache.compile, profile)
+        return {"bpf": compiled.bpf.hex(), "flags": compiled.flags, "nr": compiled.seccomp_nr}
 
     async def start_container(self, container_id: str) -> base.ContainerStatus:
         pod = self._container_live_pod(container_id)

@@ -17,6 +17,7 @@ Progress and errors go back to the shim over `chan` (a socketpair end): a JSON
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import resource
@@ -26,14 +27,15 @@ import stat
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from runtime.linux import masked_paths, mounts, process_security, sysctls
+from runtime import base
+from runtime.linux import masked_paths, mounts, process_security, seccomp, sysctls
 from runtime.linux import protocol as proto
 from runtime.linux import syscalls as sc
 from runtime.linux.process_security import PreparedSecurity
 from runtime.linux.mounts import MountError
-from runtime.linux.spec import ContainerPlan, MountPlan, ProcessPlan, SpecError, sysctl_path
+from runtime.linux.spec import ContainerPlan, MountPlan, ProcessPlan, SpecError, container_plan, process_plan
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Order matters: the mount namespace last, because joining it changes root and cwd.
@@ -60,45 +62,58 @@ class Stdio:
 
 @dataclass
 class InitContext:
-    plan: ContainerPlan
-    security: PreparedSecurity                                   # validated and compiled by the shim
+    """What the shim hands a container's init: the raw spec (the child checks and plans it, see
+    spec.ShimView for why), the pieces the shim made (cgroup, stdio, overlay dirs) and the channel."""
+
+    spec: Mapping[str, Any]
+    bundle: str
     chan: socket.socket
     stdio: Stdio
+    readonly: bool = False
+    seccomp: Mapping[str, Any] | None = None                      # compiled by the daemon (hex BPF)
+    sandbox_dir: str = ""
     layers: tuple[str, ...] = ()
     upper: str = ""
     work: str = ""
     start_fd: int = -1
     cgroup_procs: tuple[str, ...] = ()
     cgroup_mounts: tuple[mounts.HostCgroupMount, ...] = ()      # the host's hierarchies + this cgroup in each
-    join_fds: Mapping[str, int] = field(default_factory=dict)   # OCI ns type -> fd to setns into
-    new_namespaces: int = 0                                      # CLONE_NEW* flags to unshare
-    extra_mounts: tuple[MountPlan, ...] = ()                     # pod files (hosts, resolv.conf, ...)
 
 
 @dataclass
 class ExecContext:
-    process: ProcessPlan
-    security: PreparedSecurity
+    process: Mapping[str, Any]                                   # the container's OCI process + the exec's overrides
     chan: socket.socket
     stdio: Stdio
+    seccomp: Mapping[str, Any] | None = None
     cgroup_procs: tuple[str, ...] = ()
     join_fds: Mapping[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Prepared:
+    plan: ContainerPlan
+    security: PreparedSecurity
+    join_fds: dict[str, int]
+    new_namespaces: int
+    extra_mounts: tuple[MountPlan, ...]
+
+
 def container_init(ctx: InitContext) -> NoReturn:
     try:
-        _prepare_child(ctx.chan, ctx.stdio, ctx.start_fd, *ctx.join_fds.values())
+        _prepare_child(ctx.chan, ctx.stdio, ctx.start_fd)
         # Not dumpable until execve: nothing already in the container may open /proc/<us>/exe (the host's
         # python, CVE-2019-5736) or ptrace us while we still hold host resources.
         process_security.set_dumpable(False)
+        prep = _prepare(ctx)
+        plan = prep.plan
         _enter_cgroup(ctx.cgroup_procs)
-        _join(ctx.join_fds)
-        _step(lambda: sc.unshare(ctx.new_namespaces), "linux.namespaces", "cannot create namespaces")
-        plan = ctx.plan
+        _join(prep.join_fds)
+        _step(lambda: sc.unshare(prep.new_namespaces), "linux.namespaces", "cannot create namespaces")
         if plan.hostname:
             _step(lambda: socket.sethostname(plan.hostname), "hostname", "cannot set the hostname")
-        _step(lambda: sysctls.write_sysctls(ctx.security.sysctls), "linux.sysctl", "cannot set sysctls")
-        _build_root(ctx)
+        _step(lambda: sysctls.write_sysctls(prep.security.sysctls), "linux.sysctl", "cannot set sysctls")
+        _build_root(ctx, prep)
         _set_limits(plan.process)
         _setup_stdio(ctx.chan, ctx.stdio)
         _chdir(plan.process.cwd, "process.cwd", create=True)
@@ -107,7 +122,7 @@ def container_init(ctx: InitContext) -> NoReturn:
         if os.read(ctx.start_fd, 1) != b"s":
             os._exit(0)  # the shim deleted us before start
         os.close(ctx.start_fd)
-        _exec(plan.process, ctx.security, path)
+        _exec(plan.process, prep.security, path)
     except BaseException as e:  # noqa: BLE001 - the child must report and _exit, never unwind into the shim
         _report_and_exit(ctx.chan, e)
 
@@ -116,15 +131,83 @@ def exec_process(ctx: ExecContext) -> NoReturn:
     try:
         _prepare_child(ctx.chan, ctx.stdio, *ctx.join_fds.values())
         process_security.set_dumpable(False)
+        process = process_plan(ctx.process, "process")
+        security = _with_seccomp(process_security.prepare_process(ctx.process, None), ctx.seccomp)
         _enter_cgroup(ctx.cgroup_procs)
         _join(ctx.join_fds)
-        _set_limits(ctx.process)
+        _set_limits(process)
         _setup_stdio(ctx.chan, ctx.stdio)
-        _chdir(ctx.process.cwd, "cwd", create=False)
-        path = find_executable(ctx.process, "args")
-        _exec(ctx.process, ctx.security, path)
+        _chdir(process.cwd, "cwd", create=False)
+        path = find_executable(process, "args")
+        _exec(process, security, path)
     except BaseException as e:  # noqa: BLE001
         _report_and_exit(ctx.chan, e)
+
+
+def _prepare(ctx: InitContext) -> _Prepared:
+    """Check and plan the whole spec (errors name the field and go back to CreateContainer)."""
+    plan = container_plan(ctx.spec, ctx.bundle)
+    if ctx.readonly:
+        plan = dataclasses.replace(plan, root_readonly=True)
+    without_seccomp = {**ctx.spec, "linux": {**(ctx.spec.get("linux") or {}), "seccomp": None}}
+    security = _with_seccomp(process_security.prepare(without_seccomp), ctx.seccomp)
+    join, flags = _namespace_plan(plan)
+    return _Prepared(plan, security, join, flags, _pod_mounts(plan, ctx.sandbox_dir))
+
+
+def warm_up(spec: Mapping[str, Any]) -> None:
+    """Plan a sample spec in the zygote, so every shim and init shares the already-specialised code."""
+    plan = container_plan(spec, "/")
+    process_security.prepare(spec)
+    _pod_mounts(plan, "")
+
+
+def _with_seccomp(prepared: PreparedSecurity, compiled: Mapping[str, Any] | None) -> PreparedSecurity:
+    """The daemon compiles seccomp profiles once (and caches them); the child only loads the BPF."""
+    if not compiled:
+        return prepared
+    return dataclasses.replace(prepared, seccomp=seccomp.CompiledFilter(
+        bpf=bytes.fromhex(compiled["bpf"]), flags=int(compiled["flags"]), seccomp_nr=int(compiled["nr"])))
+
+
+def _namespace_plan(plan: ContainerPlan) -> tuple[dict[str, int], int]:
+    """fds to join (paths that differ from where we are) and CLONE_NEW* flags for new ones. A type absent
+    from the spec is the host's, where the shim (and so this child) already is. PID: done by the shim."""
+    join: dict[str, int] = {}
+    flags = sc.CLONE_NEWNS
+    for kind in ("ipc", "uts", "network", "cgroup"):
+        if kind not in plan.namespaces:
+            continue
+        path = plan.namespaces[kind]
+        if not path:
+            flags |= sc.NAMESPACE_FLAGS[kind]
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise InitFailure(proto.INVALID_SPEC, f"cannot open namespace {path}: {e.strerror}",
+                              "linux.namespaces") from None
+        mine = os.stat(f"/proc/self/ns/{sc.NAMESPACE_PROC_NAMES[kind]}")
+        theirs = os.fstat(fd)
+        if (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino):
+            os.close(fd)
+        else:
+            join[kind] = fd
+    return join, flags
+
+
+def _pod_mounts(plan: ContainerPlan, sandbox_dir: str) -> tuple[MountPlan, ...]:
+    """hosts, resolv.conf and hostname from the sandbox dir, unless the spec mounts them itself."""
+    out = []
+    taken = {m.destination for m in plan.mounts}
+    for name in ("hosts", "resolv.conf", "hostname"):
+        src = os.path.join(sandbox_dir, name)
+        dest = f"/etc/{name}"
+        if sandbox_dir and dest not in taken and os.path.isfile(src):
+            out.append(MountPlan(field=f"sandbox {name}", destination=dest, source=src, type="bind",
+                                 flags=sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                                 propagation=(sc.MS_PRIVATE,), data="", bind=True))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------- steps
@@ -177,8 +260,8 @@ def _join(fds: Mapping[str, int]) -> None:
         os.close(fd)
 
 
-def _build_root(ctx: InitContext) -> None:
-    plan = ctx.plan
+def _build_root(ctx: InitContext, prep: _Prepared) -> None:
+    plan = prep.plan
     rootfs = plan.root_path
     _step(lambda: sc.mount(None, "/", None, plan.rootfs_propagation), "linux.rootfsPropagation",
           "cannot set the propagation of /")
@@ -190,8 +273,8 @@ def _build_root(ctx: InitContext) -> None:
     root_fd = os.open(rootfs, mounts.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         dev_is_tmpfs = False
-        new_cgroupns = bool(ctx.new_namespaces & sc.CLONE_NEWCGROUP)
-        for m in (*plan.mounts, *ctx.extra_mounts):
+        new_cgroupns = bool(prep.new_namespaces & sc.CLONE_NEWCGROUP)
+        for m in (*plan.mounts, *prep.extra_mounts):
             mounts.mount_one(root_fd, m, ctx.cgroup_mounts, new_cgroupns)
             dev_is_tmpfs = dev_is_tmpfs or (m.destination == "/dev" and m.type == "tmpfs")
         if dev_is_tmpfs:
@@ -325,8 +408,16 @@ def _step(action: Callable[[], object], field_name: str, what: str) -> None:
 def _report_and_exit(chan: socket.socket, e: BaseException) -> NoReturn:
     if isinstance(e, InitFailure):
         err = proto.error(e.kind, e.message, e.field)
-    elif isinstance(e, (MountError, SpecError)):
+    elif isinstance(e, SpecError):
+        err = proto.error(proto.UNSUPPORTED if e.unsupported else proto.INVALID_SPEC, e.message, e.field)
+    elif isinstance(e, MountError):
         err = proto.error(proto.INVALID_SPEC, e.message, e.field)
+    elif isinstance(e, base.InvalidSpec):
+        err = proto.error(proto.INVALID_SPEC, e.message.removeprefix(f"{e.field}: "), e.field)
+    elif isinstance(e, base.Unsupported):
+        err = proto.error(proto.UNSUPPORTED, e.message)
+    elif isinstance(e, base.RuntimeFailure):
+        err = proto.error(proto.FAILURE, e.message)
     elif isinstance(e, SystemExit):
         os._exit(0)
     else:
