@@ -9,6 +9,7 @@ cgroup.procs file, then execs (here a shell does that, so no preexec_fn is neede
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 from runtime.base import InvalidSpec, Unsupported
 from runtime.linux.cgroups import (
     UNIFIED,
+    DeviceRule,
     Cgroup,
     CgroupError,
     CgroupInvalid,
@@ -33,6 +35,8 @@ from runtime.linux.cgroups import (
     current_cgroup,
     open_hierarchy,
 )
+from runtime.linux.cgroups import devicefilter
+from runtime.linux.cgroups.devicefilter import DeviceState
 from tests.harness.daemon import TMP_BASE
 
 MiB = 1 << 20
@@ -425,3 +429,108 @@ def test_stats_report_the_usage_of_a_running_process(cg: Cgroup) -> None:
 
 def test_stats_of_an_unlimited_cgroup_report_no_limit(cg: Cgroup) -> None:
     assert cg.stats().memory_limit_bytes is None
+
+
+# ---------------------------------------------------------------- device rule model vs the v1 kernel
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_device_rule_model_matches_the_v1_kernel(hierarchy: Hierarchy, parent: Cgroup, seed: int) -> None:
+    # DeviceState is what the v2 eBPF program encodes; the v1 kernel is the reference for it.
+    rng = random.Random(seed)
+    accesses = ["r", "w", "m", "rw", "rm", "wm", "rwm"]
+    rules = [DeviceRule(allow=False)] if seed % 3 else []
+    for _ in range(rng.randint(1, 10)):
+        rules.append(DeviceRule(allow=rng.random() < 0.6, type=rng.choice("abcc"),
+                                major=rng.choice([-1, 1, 5, 136]), minor=rng.choice([-1, 3, 5]),
+                                access=rng.choice(accesses)))
+    cg = hierarchy.cgroup(f"{parent.path}/model{seed}")
+    cg.create()
+    d = cg.dir("devices")
+    assert d is not None
+    for rule in rules:
+        (d / ("devices.allow" if rule.allow else "devices.deny")).write_text(rule.v1_line())
+    assert sorted((d / "devices.list").read_text().split("\n")[:-1]) == DeviceState.of(rules).v1_list(), rules
+
+
+# ---------------------------------------------------------------- the v2 code paths on this host's cgroup2 mount
+
+
+@pytest.fixture
+def v2() -> Iterator[Cgroup]:
+    """A cgroup driven in v2 mode on the cgroup2 mount of this hybrid host.
+
+    That mount has no cpu/memory/pids controllers here (v1 holds them), but the v2 core
+    (cgroup.kill, cgroup.freeze, cgroup.events), eBPF device filtering and hugetlb are real.
+    """
+    mount = Path("/sys/fs/cgroup/unified")
+    if not (mount / "cgroup.controllers").exists():
+        pytest.skip("no cgroup2 mount beside v1 on this host")
+    h = open_hierarchy(mount)
+    assert h.mode is CgroupMode.V2
+    top = h.cgroup(f"/cri-shim-test-{TMP_BASE.name}-{secrets.token_hex(4)}")
+    c = h.cgroup(top.path + "/c1")
+    c.create()
+    yield c
+    top.destroy()
+    assert not top.exists()
+
+
+def test_v2_ebpf_device_filter_is_enforced_by_the_kernel(v2: Cgroup) -> None:
+    v2.apply({"devices": [{"allow": False, "access": "rwm"},
+                          {"allow": True, "type": "c", "major": 1, "minor": 11, "access": "r"}]})
+    result = run_in(v2, "sh", "-c", "exec 3</dev/kmsg && echo read-ok; exec 4>/dev/null && echo null-ok; "
+                    "(exec 5>/dev/kmsg) 2>/dev/null || echo write-denied; "
+                    "(exec 6</dev/mem) 2>/dev/null || echo mem-denied")
+    assert result.stdout.split() == ["read-ok", "null-ok", "write-denied", "mem-denied"], result.stderr
+    # An update replaces the program rather than stacking another one on top of it.
+    fd = os.open(v2.dirs()[UNIFIED], os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        before = devicefilter.query_programs(fd)
+        v2.apply({"devices": [{"allow": False, "access": "rwm"}]})
+        after = devicefilter.query_programs(fd)
+    finally:
+        os.close(fd)
+    assert len(before) == len(after) == 1 and before != after
+    result = run_in(v2, "sh", "-c", "(exec 3</dev/kmsg) 2>/dev/null || echo read-denied")
+    assert result.stdout.split() == ["read-denied"]
+
+
+def test_v2_hugetlb_limits_are_written_where_the_kernel_has_them(v2: Cgroup) -> None:
+    if not v2.hierarchy.has("hugetlb"):
+        pytest.skip("no hugetlb controller on the cgroup2 mount")
+    v2.apply({"hugepageLimits": [{"pageSize": "2MB", "limit": 2 * MiB}]})
+    assert read(v2, "hugetlb", "hugetlb.2MB.max") == str(2 * MiB)
+
+
+def test_v2_pids_freeze_thaw_and_cgroup_kill(v2: Cgroup) -> None:
+    proc = spawn_in(v2, sys.executable, "-c", "while True: pass")
+    forker = spawn_in(v2, "sh", "-c", "sleep 100 & sleep 100 & wait")
+    try:
+        wait_until(lambda: len(v2.pids()) == 4)
+        v2.freeze()
+        assert "frozen 1" in read(v2, UNIFIED, "cgroup.events")
+        ticks = lambda: int(Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[11])  # noqa: E731
+        frozen_at = ticks()
+        time.sleep(0.3)
+        assert ticks() == frozen_at, "a frozen process kept running"
+        v2.thaw()
+        wait_until(lambda: ticks() > frozen_at)
+        v2.kill_all()   # cgroup.kill: the whole tree, atomically
+        assert proc.wait(timeout=5) == -signal.SIGKILL
+        assert forker.wait(timeout=5) == -signal.SIGKILL
+        wait_until(lambda: v2.pids() == [])
+    finally:
+        v2.thaw()
+        proc.kill()
+        forker.kill()
+        proc.wait()
+        forker.wait()
+
+
+def test_v2_destroy_kills_what_is_left(v2: Cgroup) -> None:
+    proc = spawn_in(v2, "sh", "-c", "sleep 100 & exec sleep 100")
+    wait_until(lambda: len(v2.pids()) == 2)
+    v2.destroy(timeout=10)
+    assert proc.wait(timeout=5) == -signal.SIGKILL
+    assert not v2.exists()

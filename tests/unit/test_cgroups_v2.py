@@ -254,10 +254,13 @@ def test_apply_on_a_cgroup_that_was_not_created_names_the_path(h: Hierarchy) -> 
     assert getattr(e.value, "field", None) == "linux.cgroupsPath"
 
 
-def test_device_rules_on_v2_are_refused_until_the_ebpf_filter_exists(cg: Cgroup) -> None:
+def test_device_rules_on_a_directory_that_is_not_a_cgroup_fail_naming_the_key(cg: Cgroup) -> None:
+    # The eBPF filter itself is tested in test_cgroups_devicefilter.py and on the real cgroup2 mount
+    # (tests/integration/test_cgroups.py); a fake tree cannot take a BPF attachment.
     with pytest.raises(CgroupUnsupported) as e:
         cg.apply({"devices": [{"allow": False, "access": "rwm"}]})
     assert e.value.field == "linux.resources.devices"
+    assert "eBPF device filter" in str(e.value)
 
 
 def test_oom_kill_count_reads_memory_events(cg: Cgroup) -> None:
