@@ -316,10 +316,13 @@ def test_a_device_the_parent_denies_is_refused_and_the_list_restored(hierarchy: 
     assert e.value.field == "linux.resources.devices[1]"
     assert "parent cgroup does not allow" in str(e.value)
     assert read(child, "devices", "devices.list") == before
-    # "all devices" cannot change while a child cgroup exists: refused on the first write.
+    # "all devices" cannot change while a child cgroup exists: a new device list is refused on its
+    # first write ("deny all") ...
     with pytest.raises(CgroupUnsupported) as e2:
-        cg.apply({"devices": []})
+        cg.apply({"devices": [{"allow": True, "type": "c", "major": 1, "minor": 11, "access": "r"}]})
     assert e2.value.field == "linux.resources.devices"
+    # ... while re-applying the same list writes nothing (no moment without /dev/null on an update).
+    cg.apply({"devices": [{"allow": False, "access": "rwm"}]})
     child.destroy()
 
 

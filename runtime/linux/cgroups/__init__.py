@@ -17,12 +17,12 @@ from runtime.linux.cgroups.cgroup import Cgroup
 from runtime.linux.cgroups.devices import DEFAULT_DEVICE_RULES, DeviceRule, effective_rules
 from runtime.linux.cgroups.errors import CgroupBusy, CgroupError, CgroupInvalid, CgroupUnsupported
 from runtime.linux.cgroups.hierarchy import CGROUP_ROOT, UNIFIED, Hierarchy, current_cgroup, open_hierarchy
-from runtime.linux.cgroups.naming import Driver, cgroup_path, expand_slice, slice_for
+from runtime.linux.cgroups.naming import Driver, cgroup_path, default_driver, driver_from, expand_slice, slice_for
 from runtime.linux.cgroups.stats import CgroupStats
 from runtime.linux.host import CgroupMode
 
 __all__ = [
     "CGROUP_ROOT", "DEFAULT_DEVICE_RULES", "UNIFIED", "Cgroup", "CgroupBusy", "CgroupError", "CgroupInvalid",
     "CgroupMode", "CgroupStats", "CgroupUnsupported", "DeviceRule", "Driver", "Hierarchy", "cgroup_path",
-    "current_cgroup", "effective_rules", "expand_slice", "open_hierarchy", "slice_for",
+    "current_cgroup", "default_driver", "driver_from", "effective_rules", "expand_slice", "open_hierarchy", "slice_for",
 ]

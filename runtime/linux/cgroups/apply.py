@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from runtime.linux.cgroups import fsio
 from runtime.linux.cgroups.devices import FIELD as DEVICES_FIELD
-from runtime.linux.cgroups.devices import DEFAULT_DEVICE_RULES, DeviceRule
+from runtime.linux.cgroups.devices import DEFAULT_DEVICE_RULES, DeviceRule, DeviceState, effective_rules
 from runtime.linux.cgroups.errors import CgroupUnsupported
 from runtime.linux.cgroups.hierarchy import UNIFIED
 from runtime.linux.cgroups.plan import Write
@@ -185,6 +185,10 @@ def _v1_device_step(cg: Cgroup, rules: Sequence[DeviceRule]) -> Step:
     d = cg.dir("devices")
     assert d is not None
     old = fsio.read(d / "devices.list")
+    # An update with the same devices must not rewrite them: "deny all" first would leave the
+    # running container without /dev/null for a moment.
+    if sorted(line for line in old.splitlines() if line.strip()) == DeviceState.of(effective_rules(rules)).v1_list():
+        return Step(do=lambda: None, undo=None, what=f"{d / 'devices.list'} (unchanged)")
     lines: list[tuple[str, str, str]] = [("devices.deny", "a", DEVICES_FIELD)]
     lines += [(_v1_file(r), r.v1_line(), f"{DEVICES_FIELD}[{i}]") for i, r in enumerate(rules)]
     lines += [(_v1_file(r), r.v1_line(), f"{DEVICES_FIELD} (default rule {r.v1_line()!r})")

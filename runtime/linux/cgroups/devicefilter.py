@@ -25,11 +25,23 @@ import os
 import platform
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runtime.linux.cgroups.devices import FIELD, WILDCARD, DeviceRule, effective_rules
+from runtime.linux.cgroups.devices import (
+    ALL_ACCESS,
+    BPF_DEVCG_ACC_MKNOD,
+    BPF_DEVCG_ACC_READ,
+    BPF_DEVCG_ACC_WRITE,
+    FIELD,
+    WILDCARD,
+    DeviceRule,
+    DeviceState,
+    Key,
+    access_bits,
+    effective_rules,
+)
 from runtime.linux.cgroups.errors import CgroupUnsupported
 from runtime.linux.cgroups.hierarchy import UNIFIED
 from runtime.linux.libc_calls import raw_syscall
@@ -41,10 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # include/uapi/linux/bpf.h
-BPF_DEVCG_ACC_MKNOD, BPF_DEVCG_ACC_READ, BPF_DEVCG_ACC_WRITE = 1, 2, 4
 BPF_DEVCG_DEV_BLOCK, BPF_DEVCG_DEV_CHAR = 1, 2
-_ACCESS_BITS = {"m": BPF_DEVCG_ACC_MKNOD, "r": BPF_DEVCG_ACC_READ, "w": BPF_DEVCG_ACC_WRITE}
-_ALL_ACCESS = BPF_DEVCG_ACC_MKNOD | BPF_DEVCG_ACC_READ | BPF_DEVCG_ACC_WRITE
 _DEV_TYPES = {"b": BPF_DEVCG_DEV_BLOCK, "c": BPF_DEVCG_DEV_CHAR}
 
 BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH, BPF_PROG_GET_FD_BY_ID, BPF_PROG_QUERY = 5, 8, 9, 13, 16
@@ -52,77 +61,10 @@ BPF_PROG_TYPE_CGROUP_DEVICE = 15
 BPF_CGROUP_DEVICE = 6
 BPF_F_ALLOW_MULTI = 2
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "s390x": 351, "ppc64le": 361}
+__all__ = ["BPF_DEVCG_ACC_MKNOD", "BPF_DEVCG_ACC_READ", "BPF_DEVCG_ACC_WRITE", "DeviceState", "access_bits",
+           "attach", "build_program", "encode", "load_program", "query_programs", "v2_device_step"]
 LICENSE = b"Apache-2.0\0"   # no GPL-only helper is called, so any license string loads
 _LOG_SIZE = 1 << 16
-
-Key = tuple[str, int, int]   # (type "b"/"c", major, minor); -1 is a wildcard
-
-
-# ---------------------------------------------------------------- v1 semantics
-
-
-@dataclass
-class DeviceState:
-    """A device cgroup after a list of v1 writes: a default verdict plus exceptions to it.
-
-    Mirrors security/device_cgroup.c: writing "a" to allow/deny sets the default and clears
-    the exceptions; a rule with the other verdict adds its access to the exception for
-    exactly that (type, major, minor); a rule with the default verdict removes it again.
-    """
-
-    default_allow: bool = True
-    exceptions: dict[Key, int] = field(default_factory=dict)   # access bits
-
-    @classmethod
-    def of(cls, rules: Sequence[DeviceRule]) -> DeviceState:
-        state = cls()
-        for rule in rules:
-            state.apply(rule)
-        return state
-
-    def apply(self, rule: DeviceRule) -> None:
-        if rule.type == "a":
-            self.default_allow = rule.allow
-            self.exceptions.clear()
-            return
-        key = (rule.type, rule.major, rule.minor)
-        bits = access_bits(rule.access)
-        if rule.allow == self.default_allow:
-            left = self.exceptions.get(key, 0) & ~bits
-            if left:
-                self.exceptions[key] = left
-            else:
-                self.exceptions.pop(key, None)
-        else:
-            self.exceptions[key] = self.exceptions.get(key, 0) | bits
-
-    def allows(self, kind: str, major: int, minor: int, access: int) -> bool:
-        """The kernel's verdict for one request (the reference the program is tested against)."""
-        for (t, ma, mi), bits in self.exceptions.items():
-            if t != kind or ma not in (WILDCARD, major) or mi not in (WILDCARD, minor):
-                continue
-            if self.default_allow and access & bits:
-                return False    # deny-list: any denied bit refuses the request
-            if not self.default_allow and access & ~bits == 0:
-                return True     # allow-list: one exception must grant every bit asked for
-        return self.default_allow
-
-    def v1_list(self) -> list[str]:
-        """What devices.list shows for this state (allow-list mode), sorted."""
-        if self.default_allow:
-            return ["a *:* rwm"]
-        names = "".join
-        return sorted(f"{t} {'*' if ma == WILDCARD else ma}:{'*' if mi == WILDCARD else mi} "
-                      f"{names(c for c in 'rwm' if bits & _ACCESS_BITS[c])}"
-                      for (t, ma, mi), bits in self.exceptions.items())
-
-
-def access_bits(access: str) -> int:
-    out = 0
-    for c in access:
-        out |= _ACCESS_BITS[c]
-    return out
-
 
 # ---------------------------------------------------------------- program
 
@@ -168,7 +110,7 @@ def build_program(state: DeviceState) -> list[Insn]:
 def _exception_block(key: Key, bits: int, default_allow: bool, verdict: int) -> list[Insn]:
     kind, major, minor = key
     tests: list[Insn] = [Insn(_JMP32_JNE_K, R2, imm=_DEV_TYPES[kind])]
-    if bits != _ALL_ACCESS:   # rwm grants (or refuses) whatever is asked: no access test needed
+    if bits != ALL_ACCESS:   # rwm grants (or refuses) whatever is asked: no access test needed
         tests += [Insn(_ALU32_MOV_X, R1, R3), Insn(_ALU32_AND_K, R1, imm=bits)]
         # allow-list: every bit asked for must be granted; deny-list: any denied bit refuses.
         tests.append(Insn(_JMP32_JEQ_K, R1, imm=0) if default_allow else Insn(_JMP32_JNE_X, R1, R3))

@@ -9,7 +9,7 @@ every container, so the standard /dev nodes keep working whatever the spec says)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.linux.cgroups.errors import CgroupInvalid
@@ -18,6 +18,11 @@ FIELD = "linux.resources.devices"
 WILDCARD = -1
 _TYPES = ("a", "b", "c")
 _MAX_NUMBER = (1 << 32) - 1
+# Access bits as the kernel's BPF device hook reports them (include/uapi/linux/bpf.h BPF_DEVCG_ACC_*).
+BPF_DEVCG_ACC_MKNOD, BPF_DEVCG_ACC_READ, BPF_DEVCG_ACC_WRITE = 1, 2, 4
+ACCESS_BITS = {"m": BPF_DEVCG_ACC_MKNOD, "r": BPF_DEVCG_ACC_READ, "w": BPF_DEVCG_ACC_WRITE}
+ALL_ACCESS = BPF_DEVCG_ACC_MKNOD | BPF_DEVCG_ACC_READ | BPF_DEVCG_ACC_WRITE
+Key = tuple[str, int, int]   # (type "b"/"c", major, minor); -1 is a wildcard
 
 
 @dataclass(frozen=True)
@@ -104,3 +109,69 @@ def _number(value: Any, field_name: str) -> int:
 def effective_rules(spec_rules: Sequence[DeviceRule]) -> tuple[DeviceRule, ...]:
     """What a container's device cgroup enforces: deny-all, the spec's rules, then the defaults."""
     return (DeviceRule(allow=False), *spec_rules, *DEFAULT_DEVICE_RULES)
+
+
+# ---------------------------------------------------------------- the kernel's v1 semantics
+
+
+@dataclass
+class DeviceState:
+    """A device cgroup after a list of v1 writes: a default verdict plus exceptions to it.
+
+    Mirrors security/device_cgroup.c: writing "a" to allow/deny sets the default and clears
+    the exceptions; a rule with the other verdict adds its access to the exception for
+    exactly that (type, major, minor); a rule with the default verdict removes it again.
+    """
+
+    default_allow: bool = True
+    exceptions: dict[Key, int] = field(default_factory=dict)   # access bits
+
+    @classmethod
+    def of(cls, rules: Sequence[DeviceRule]) -> DeviceState:
+        state = cls()
+        for rule in rules:
+            state.apply(rule)
+        return state
+
+    def apply(self, rule: DeviceRule) -> None:
+        if rule.type == "a":
+            self.default_allow = rule.allow
+            self.exceptions.clear()
+            return
+        key = (rule.type, rule.major, rule.minor)
+        bits = access_bits(rule.access)
+        if rule.allow == self.default_allow:
+            left = self.exceptions.get(key, 0) & ~bits
+            if left:
+                self.exceptions[key] = left
+            else:
+                self.exceptions.pop(key, None)
+        else:
+            self.exceptions[key] = self.exceptions.get(key, 0) | bits
+
+    def allows(self, kind: str, major: int, minor: int, access: int) -> bool:
+        """The kernel's verdict for one request (the reference the program is tested against)."""
+        for (t, ma, mi), bits in self.exceptions.items():
+            if t != kind or ma not in (WILDCARD, major) or mi not in (WILDCARD, minor):
+                continue
+            if self.default_allow and access & bits:
+                return False    # deny-list: any denied bit refuses the request
+            if not self.default_allow and access & ~bits == 0:
+                return True     # allow-list: one exception must grant every bit asked for
+        return self.default_allow
+
+    def v1_list(self) -> list[str]:
+        """What devices.list shows for this state (allow-list mode), sorted."""
+        if self.default_allow:
+            return ["a *:* rwm"]
+        names = "".join
+        return sorted(f"{t} {'*' if ma == WILDCARD else ma}:{'*' if mi == WILDCARD else mi} "
+                      f"{names(c for c in 'rwm' if bits & ACCESS_BITS[c])}"
+                      for (t, ma, mi), bits in self.exceptions.items())
+
+
+def access_bits(access: str) -> int:
+    out = 0
+    for c in access:
+        out |= ACCESS_BITS[c]
+    return out

@@ -35,6 +35,12 @@ class Driver(enum.Enum):
     SYSTEMD = "systemd"
 
 
+def default_driver() -> Driver:
+    """systemd when it is PID 1 (then kubelet expects it), else cgroupfs."""
+    from runtime.linux.host import systemd_pid1
+    return Driver.SYSTEMD if systemd_pid1() else Driver.CGROUPFS
+
+
 def driver_from(value: Driver | str) -> Driver:
     if isinstance(value, Driver):
         return value
