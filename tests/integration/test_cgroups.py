@@ -41,7 +41,7 @@ from tests.harness.daemon import TMP_BASE
 
 MiB = 1 << 20
 # The shim's child does this itself before exec: join every hierarchy, then become the workload.
-ENTER_AND_EXEC = 'for f in $CST_PROCS; do echo $$ > "$f" || exit 97; done; exec "$@"'
+ENTER_AND_EXEC = 'for f in $CST_PROCS; do echo 0 > "$f" || exit 97; done; exec "$@"'
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +69,12 @@ def cg(hierarchy: Hierarchy, parent: Cgroup) -> Cgroup:
 
 
 def spawn_in(cg: Cgroup, *argv: str, **kw: object) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CST_PROCS": " ".join(cg.procs_files())}
+    env = {**os.environ, "CST_PROCS": " ".join(cg.join_files())}
     return subprocess.Popen(["sh", "-c", ENTER_AND_EXEC, "sh", *argv], env=env, **kw)  # type: ignore[call-overload]
 
 
 def run_in(cg: Cgroup, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CST_PROCS": " ".join(cg.procs_files())}
+    env = {**os.environ, "CST_PROCS": " ".join(cg.join_files())}
     return subprocess.run(["sh", "-c", ENTER_AND_EXEC, "sh", *argv], env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
@@ -101,8 +101,9 @@ def test_create_makes_the_cgroup_in_every_hierarchy_and_destroy_removes_it(hiera
     assert not cg.exists()
     cg.create()
     cg.create()   # idempotent
-    assert cg.dirs(), "no hierarchy found"
-    for name, d in cg.dirs().items():
+    assert cg.paths(), "no hierarchy found"
+    assert cg.dirs() == {name: str(d) for name, d in cg.paths().items()}
+    for name, d in cg.paths().items():
         assert d.is_dir(), f"{name}: {d} missing"
         assert (d / "cgroup.procs").exists()
     if "cpuset" in hierarchy.mounts:
@@ -117,7 +118,7 @@ def test_create_makes_the_cgroup_in_every_hierarchy_and_destroy_removes_it(hiera
 def test_hybrid_host_places_the_cgroup_in_the_unified_hierarchy_too(hierarchy: Hierarchy, cg: Cgroup) -> None:
     if hierarchy.mode is not CgroupMode.HYBRID:
         pytest.skip("only meaningful on a hybrid host")
-    unified = cg.dirs()[UNIFIED]
+    unified = cg.paths()[UNIFIED]
     assert unified.is_dir()
     assert str(unified / "cgroup.procs") in cg.procs_files()
 
@@ -487,7 +488,7 @@ def test_v2_ebpf_device_filter_is_enforced_by_the_kernel(v2: Cgroup) -> None:
                     "(exec 6</dev/mem) 2>/dev/null || echo mem-denied")
     assert result.stdout.split() == ["read-ok", "null-ok", "write-denied", "mem-denied"], result.stderr
     # An update replaces the program rather than stacking another one on top of it.
-    fd = os.open(v2.dirs()[UNIFIED], os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(v2.paths()[UNIFIED], os.O_RDONLY | os.O_DIRECTORY)
     try:
         before = devicefilter.query_programs(fd)
         v2.apply({"devices": [{"allow": False, "access": "rwm"}]})

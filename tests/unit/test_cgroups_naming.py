@@ -250,7 +250,9 @@ def test_a_v1_tree_with_co_mounted_and_named_hierarchies_is_understood(tmp_path:
     assert h.hierarchy_of("systemd") is None
     cg = h.cgroup("/a/b")
     assert cg.dir("cpu") == root / "cpu,cpuacct" / "a" / "b"
-    assert cg.dirs()["systemd"] == root / "systemd" / "a" / "b"
+    assert cg.dirs()["systemd"] == str(root / "systemd" / "a" / "b")
+    assert cg.join_files() == [str(root / n / "a" / "b" / "tasks") for n in ("cpu,cpuacct", "memory", "pids",
+                                                                          "systemd")]
 
 
 def test_current_cgroup_parses_proc_self_cgroup() -> None:

@@ -39,7 +39,7 @@ class Cgroup:
 
     # ------------------------------------------------------------ where
 
-    def dirs(self) -> dict[str, Path]:
+    def paths(self) -> dict[str, Path]:
         """{hierarchy name: directory}, e.g. {"memory": /sys/fs/cgroup/memory/<path>, "unified": ...}.
 
         Hierarchy names are the mount directories under the cgroup root ("cpu,cpuacct" where
@@ -47,6 +47,10 @@ class Cgroup:
         """
         rel = self.path.lstrip("/")
         return {name: mount / rel for name, mount in self.hierarchy.mounts.items()}
+
+    def dirs(self) -> dict[str, str]:
+        """paths() as strings (what a bind mount of the container's own cgroup takes)."""
+        return {name: str(d) for name, d in self.paths().items()}
 
     def dir(self, controller: str) -> Path | None:
         """The directory serving `controller` (or hierarchy name, e.g. "unified"); None if not mounted."""
@@ -56,11 +60,21 @@ class Cgroup:
         return self.hierarchy.mounts[name] / self.path.lstrip("/")
 
     def exists(self) -> bool:
-        return any(d.is_dir() for d in self.dirs().values())
+        return any(d.is_dir() for d in self.paths().values())
 
     def procs_files(self) -> list[str]:
         """The cgroup.procs file of every hierarchy: a child writes its pid into each before exec."""
-        return [str(d / "cgroup.procs") for d in self.dirs().values()]
+        return [str(d / "cgroup.procs") for d in self.paths().values()]
+
+    def join_files(self) -> list[str]:
+        """What a single-threaded child writes "0" into to enter this cgroup before exec.
+
+        v1 hierarchies take `tasks` (the calling thread, which for a single-threaded child is the
+        whole process): unlike cgroup.procs it does not take the global cgroup_threadgroup_rwsem for
+        writing, whose RCU grace period can stall a container start for milliseconds. cgroup v2
+        only has cgroup.procs.
+        """
+        return [str(d / ("cgroup.procs" if name == UNIFIED else "tasks")) for name, d in self.paths().items()]
 
     # ------------------------------------------------------------ create
 
@@ -68,7 +82,7 @@ class Cgroup:
         """mkdir -p in every hierarchy; idempotent; on failure removes what this call made."""
         made: list[Path] = []
         try:
-            for name, d in self.dirs().items():
+            for name, d in self.paths().items():
                 mount = self.hierarchy.mounts[name]
                 for level in _levels(mount, d):
                     if level.is_dir():
@@ -274,7 +288,7 @@ class Cgroup:
         deadline = time.monotonic() + timeout
         if self.pids():
             self.kill_all(signal.SIGKILL)
-        for d in self.dirs().values():
+        for d in self.paths().values():
             if not d.is_dir():
                 continue
             for dirpath, _dirs, _files in os.walk(d, topdown=False):
