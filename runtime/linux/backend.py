@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import base
-from runtime.linux import cgroup_mini as cgroups
+from runtime.linux import cgroups
 from runtime.linux import seccomp
 from runtime.linux import protocol as proto
 from runtime.linux import protocol_aio as aio
@@ -279,7 +279,7 @@ class LinuxBackend:
         return base.SandboxStats(timestamp_ns=st["timestamp_ns"], cpu_usage_ns=st.get("cpu_usage_ns"),
                                  memory_working_set_bytes=st.get("memory_working_set_bytes"),
                                  memory_usage_bytes=st.get("memory_usage_bytes"),
-                                 memory_rss_bytes=st.get("memory_rss_bytes"), pids=st.get("pids"),
+                                 memory_rss_bytes=st.get("memory_rss_bytes"), pids=st.get("pids_current"),
                                  containers=containers)
 
     # ------------------------------------------------------------ containers
@@ -397,7 +397,7 @@ class LinuxBackend:
             memory_working_set_bytes=st.get("memory_working_set_bytes"),
             memory_usage_bytes=st.get("memory_usage_bytes"), memory_rss_bytes=st.get("memory_rss_bytes"),
             memory_available_bytes=_available(st), page_faults=st.get("page_faults"),
-            major_page_faults=st.get("major_page_faults"), pids=st.get("pids"),
+            major_page_faults=st.get("major_page_faults"), pids=st.get("pids_current"),
             writable_layer_mountpoint=st.get("writable_layer_mountpoint") or "",
             writable_layer_bytes=st.get("writable_layer_bytes"), writable_layer_inodes=st.get("writable_layer_inodes"))
 

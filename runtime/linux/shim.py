@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from runtime.linux import cgroup_mini as cgroups
+from runtime.linux import cgroups
 from runtime.linux import init as cinit
 from runtime.linux import mounts
 from runtime.linux import protocol as proto

@@ -334,7 +334,7 @@ def test_bad_specs_fail_at_create_naming_the_field_and_leave_nothing(lab: Lab) -
              base.InvalidSpec, "linux.namespaces[1].path"),
             ({"mounts": (oci.Mount("/data", "/nonexistent/source", "bind", ("rbind",)),)},
              base.InvalidSpec, "mounts["),
-            ({"resources": {"hugepageLimits": [{"pageSize": "2MB", "limit": 1 << 21}]}},
+            ({"resources": {"hugepageLimits": [{"pageSize": "3MB", "limit": 1 << 21}]}},
              base.Unsupported, "linux.resources.hugepageLimits"),
             ({"resources": {"unified": {"memory.max": "1"}}}, base.Unsupported, "linux.resources.unified"),
             ({"resources": {"cpu": {"cpus": "999"}}}, base.Unsupported, "linux.resources.cpu.cpus"),
