@@ -93,3 +93,8 @@ clean:
 .PHONY: bench-streaming
 bench-streaming: venv stubs $(BIN)/streaming-client
 	$(PY) bench/streaming.py
+
+# Native Linux runtime: pod shim start, container create+start vs runc create+start, per-pod PSS (root).
+.PHONY: bench-runtime
+bench-runtime: venv stubs
+	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cri-shim-bench} $(PY) -m bench.runtime

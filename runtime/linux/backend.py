@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from runtime import base
-from runtime.linux import cgroup_mini as cgroups
+from runtime.linux import cgroups
+from runtime.linux import seccomp
 from runtime.linux import protocol as proto
 from runtime.linux import protocol_aio as aio
 from runtime.linux.sessions import AttachSession, ExecSession
 from runtime.linux.shim import cleanup_pod_mounts, pod_paths
+from runtime.linux.spec import SpecError, read_spec
 from runtime.linux.shim_client import ShimClient, Zygote, pid_alive, wait_pid_gone
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,8 @@ UNIX_PATH_MAX = 107
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_SANDBOX_ID = 64         # the daemon's ids are 64 hex characters; the shim socket path must fit sun_path
 EXIT_UNKNOWN = 255          # containerd's "unknown exit code" for a container whose monitor vanished
-STOP_KILL_WAIT = 10.0       # after SIGKILL of every process, how long an exit may take to be reaped
+STOP_KILL_WAIT = 10.0
+DEATH_CONFIRM = 2.0         # a closed event stream + the shim's pid gone within this = the shim died       # after SIGKILL of every process, how long an exit may take to be reaped
 
 
 @dataclass
@@ -84,6 +88,7 @@ class LinuxBackend:
         self._container_pod: dict[str, str] = {}
         self._stop_signals: dict[str, int] = {}
         self._sinks: list[Callable[[base.RuntimeEvent], None]] = []
+        self._seccomp_cache = seccomp.FilterCache()
         (self.state_dir / "pods").mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
 
@@ -274,7 +279,7 @@ class LinuxBackend:
         return base.SandboxStats(timestamp_ns=st["timestamp_ns"], cpu_usage_ns=st.get("cpu_usage_ns"),
                                  memory_working_set_bytes=st.get("memory_working_set_bytes"),
                                  memory_usage_bytes=st.get("memory_usage_bytes"),
-                                 memory_rss_bytes=st.get("memory_rss_bytes"), pids=st.get("pids"),
+                                 memory_rss_bytes=st.get("memory_rss_bytes"), pids=st.get("pids_current"),
                                  containers=containers)
 
     # ------------------------------------------------------------ containers
@@ -288,18 +293,31 @@ class LinuxBackend:
             raise base.InvalidSpec("stdio.log_path", f"{spec.stdio.log_path!r} must be an absolute path")
         if not 0 < spec.stop_signal < signal.NSIG:
             raise base.InvalidSpec("stop_signal", f"{spec.stop_signal} is not a signal")
+        compiled = await self._compile_seccomp(spec.bundle_dir)
         self._container_pod[spec.id] = spec.sandbox_id
         try:
             reply = await pod.client.call(
                 "create", timeout=self.start_timeout, id=spec.id, bundle=spec.bundle_dir,
                 layers=list(spec.rootfs.layers), scratch=spec.rootfs.scratch, readonly=spec.rootfs.readonly,
                 log_path=spec.stdio.log_path, stdin=spec.stdio.stdin, stdin_once=spec.stdio.stdin_once,
-                tty=spec.stdio.tty, stop_signal=spec.stop_signal)
+                tty=spec.stdio.tty, stop_signal=spec.stop_signal, seccomp=compiled)
         except BaseException:
             self._container_pod.pop(spec.id, None)
             raise
         self._stop_signals[spec.id] = spec.stop_signal
         return _status(reply["status"])
+
+    async def _compile_seccomp(self, bundle_dir: str) -> dict[str, Any] | None:
+        """Compile the spec's seccomp profile here, once per distinct profile (FilterCache), instead of in
+        every pod shim: the shim and the container init only load the BPF."""
+        try:
+            profile = (read_spec(bundle_dir).get("linux") or {}).get("seccomp")
+        except SpecError as e:
+            raise base.InvalidSpec(e.field, e.message) from None
+        if not profile:
+            return None
+        compiled = await asyncio.to_thread(self._seccomp_cache.compile, profile)
+        return {"bpf": compiled.bpf.hex(), "flags": compiled.flags, "nr": compiled.seccomp_nr}
 
     async def start_container(self, container_id: str) -> base.ContainerStatus:
         pod = self._container_live_pod(container_id)
@@ -379,7 +397,7 @@ class LinuxBackend:
             memory_working_set_bytes=st.get("memory_working_set_bytes"),
             memory_usage_bytes=st.get("memory_usage_bytes"), memory_rss_bytes=st.get("memory_rss_bytes"),
             memory_available_bytes=_available(st), page_faults=st.get("page_faults"),
-            major_page_faults=st.get("major_page_faults"), pids=st.get("pids"),
+            major_page_faults=st.get("major_page_faults"), pids=st.get("pids_current"),
             writable_layer_mountpoint=st.get("writable_layer_mountpoint") or "",
             writable_layer_bytes=st.get("writable_layer_bytes"), writable_layer_inodes=st.get("writable_layer_inodes"))
 
@@ -513,12 +531,12 @@ class LinuxBackend:
                 log.exception("event sink failed")
 
     async def _watch(self, pod: Pod) -> None:
-        """Exit events from the shim; EOF on this connection means the shim died."""
+        """Exit events from the shim. The stream ending means the shim died (it is confirmed by the
+        process going away within DEATH_CONFIRM seconds), otherwise the watcher reconnects."""
         delay = 0.1
-        while True:
+        while not pod.lost and not pod.removing:
             try:
                 sock, _ = await pod.client.open_stream("events")
-                break
             except base.RuntimeFailure as e:
                 if not (pod.pid and pid_alive(pod.pid)):
                     self._mark_lost(pod, f"the pod shim is gone: {e.message}")
@@ -526,13 +544,22 @@ class LinuxBackend:
                 # alive but not answering (stopped, overloaded): try again, a little later each time
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            await self._read_events(pod, sock)
+            # The socket closes while the process is still exiting: give it a moment to be gone.
+            if not pod.pid or await wait_pid_gone(pod.pid, DEATH_CONFIRM):
+                self._mark_lost(pod, "the pod shim exited unexpectedly")
+                return
+
+    async def _read_events(self, pod: Pod, sock: socket.socket) -> None:
         try:
             while True:
                 msg, fds = await aio.arecv(sock)
                 for fd in fds:
                     os.close(fd)
                 if msg is None:
-                    break
+                    return
                 if msg.get("event") == "exited":
                     self._emit(base.RuntimeEvent(base.EventKind.EXITED, pod.id, str(msg["id"]),
                                                  _status(msg["status"])))
@@ -540,13 +567,12 @@ class LinuxBackend:
             log.warning("sandbox %s: event stream failed: %s", pod.id, e)
         finally:
             sock.close()
-        self._mark_lost(pod, "the pod shim exited unexpectedly")
 
     def _mark_lost(self, pod: Pod, why: str) -> None:
         if pod.lost or pod.removing or pod.id not in self._pods:
             return
         if pod.pid and pid_alive(pod.pid):
-            return  # a broken connection, not a dead shim
+            return  # a broken connection, not a dead shim (the watcher keeps trying)
         pod.lost = why
         log.warning("sandbox %s: %s", pod.id, why)
         self._emit(base.RuntimeEvent(base.EventKind.MONITOR_LOST, pod.id, None))

@@ -17,6 +17,7 @@ Progress and errors go back to the shim over `chan` (a socketpair end): a JSON
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import resource
@@ -26,13 +27,15 @@ import stat
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from runtime.linux import mounts
+from runtime import base
+from runtime.linux import masked_paths, mounts, process_security, seccomp, sysctls
 from runtime.linux import protocol as proto
 from runtime.linux import syscalls as sc
+from runtime.linux.process_security import PreparedSecurity
 from runtime.linux.mounts import MountError
-from runtime.linux.spec import ContainerPlan, MountPlan, ProcessPlan, SpecError, sysctl_path
+from runtime.linux.spec import ContainerPlan, MountPlan, ProcessPlan, SpecError, container_plan, process_plan
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Order matters: the mount namespace last, because joining it changes root and cwd.
@@ -59,40 +62,58 @@ class Stdio:
 
 @dataclass
 class InitContext:
-    plan: ContainerPlan
+    """What the shim hands a container's init: the raw spec (the child checks and plans it, see
+    spec.ShimView for why), the pieces the shim made (cgroup, stdio, overlay dirs) and the channel."""
+
+    spec: Mapping[str, Any]
+    bundle: str
     chan: socket.socket
     stdio: Stdio
+    readonly: bool = False
+    seccomp: Mapping[str, Any] | None = None                      # compiled by the daemon (hex BPF)
+    sandbox_dir: str = ""
     layers: tuple[str, ...] = ()
     upper: str = ""
     work: str = ""
     start_fd: int = -1
     cgroup_procs: tuple[str, ...] = ()
     cgroup_mounts: tuple[mounts.HostCgroupMount, ...] = ()      # the host's hierarchies + this cgroup in each
-    join_fds: Mapping[str, int] = field(default_factory=dict)   # OCI ns type -> fd to setns into
-    new_namespaces: int = 0                                      # CLONE_NEW* flags to unshare
-    extra_mounts: tuple[MountPlan, ...] = ()                     # pod files (hosts, resolv.conf, ...)
 
 
 @dataclass
 class ExecContext:
-    process: ProcessPlan
+    process: Mapping[str, Any]                                   # the container's OCI process + the exec's overrides
     chan: socket.socket
     stdio: Stdio
+    seccomp: Mapping[str, Any] | None = None
     cgroup_procs: tuple[str, ...] = ()
     join_fds: Mapping[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Prepared:
+    plan: ContainerPlan
+    security: PreparedSecurity
+    join_fds: dict[str, int]
+    new_namespaces: int
+    extra_mounts: tuple[MountPlan, ...]
+
+
 def container_init(ctx: InitContext) -> NoReturn:
     try:
-        _prepare_child(ctx.chan, ctx.stdio, ctx.start_fd, *ctx.join_fds.values())
+        _prepare_child(ctx.chan, ctx.stdio, ctx.start_fd)
+        # Not dumpable until execve: nothing already in the container may open /proc/<us>/exe (the host's
+        # python, CVE-2019-5736) or ptrace us while we still hold host resources.
+        process_security.set_dumpable(False)
+        prep = _prepare(ctx)
+        plan = prep.plan
         _enter_cgroup(ctx.cgroup_procs)
-        _join(ctx.join_fds)
-        _step(lambda: sc.unshare(ctx.new_namespaces), "linux.namespaces", "cannot create namespaces")
-        plan = ctx.plan
+        _join(prep.join_fds)
+        _step(lambda: sc.unshare(prep.new_namespaces), "linux.namespaces", "cannot create namespaces")
         if plan.hostname:
             _step(lambda: socket.sethostname(plan.hostname), "hostname", "cannot set the hostname")
-        _apply_sysctls(plan.sysctl)
-        _build_root(ctx)
+        _step(lambda: sysctls.write_sysctls(prep.security.sysctls), "linux.sysctl", "cannot set sysctls")
+        _build_root(ctx, prep)
         _set_limits(plan.process)
         _setup_stdio(ctx.chan, ctx.stdio)
         _chdir(plan.process.cwd, "process.cwd", create=True)
@@ -101,7 +122,7 @@ def container_init(ctx: InitContext) -> NoReturn:
         if os.read(ctx.start_fd, 1) != b"s":
             os._exit(0)  # the shim deleted us before start
         os.close(ctx.start_fd)
-        _exec(plan.process, path, ctx.chan)
+        _exec(plan.process, prep.security, path)
     except BaseException as e:  # noqa: BLE001 - the child must report and _exit, never unwind into the shim
         _report_and_exit(ctx.chan, e)
 
@@ -109,15 +130,84 @@ def container_init(ctx: InitContext) -> NoReturn:
 def exec_process(ctx: ExecContext) -> NoReturn:
     try:
         _prepare_child(ctx.chan, ctx.stdio, *ctx.join_fds.values())
+        process_security.set_dumpable(False)
+        process = process_plan(ctx.process, "process")
+        security = _with_seccomp(process_security.prepare_process(ctx.process, None), ctx.seccomp)
         _enter_cgroup(ctx.cgroup_procs)
         _join(ctx.join_fds)
-        _set_limits(ctx.process)
+        _set_limits(process)
         _setup_stdio(ctx.chan, ctx.stdio)
-        _chdir(ctx.process.cwd, "cwd", create=False)
-        path = find_executable(ctx.process, "args")
-        _exec(ctx.process, path, ctx.chan)
+        _chdir(process.cwd, "cwd", create=False)
+        path = find_executable(process, "args")
+        _exec(process, security, path)
     except BaseException as e:  # noqa: BLE001
         _report_and_exit(ctx.chan, e)
+
+
+def _prepare(ctx: InitContext) -> _Prepared:
+    """Check and plan the whole spec (errors name the field and go back to CreateContainer)."""
+    plan = container_plan(ctx.spec, ctx.bundle)
+    if ctx.readonly:
+        plan = dataclasses.replace(plan, root_readonly=True)
+    without_seccomp = {**ctx.spec, "linux": {**(ctx.spec.get("linux") or {}), "seccomp": None}}
+    security = _with_seccomp(process_security.prepare(without_seccomp), ctx.seccomp)
+    join, flags = _namespace_plan(plan)
+    return _Prepared(plan, security, join, flags, _pod_mounts(plan, ctx.sandbox_dir))
+
+
+def warm_up(spec: Mapping[str, Any]) -> None:
+    """Plan a sample spec in the zygote, so every shim and init shares the already-specialised code."""
+    plan = container_plan(spec, "/")
+    process_security.prepare(spec)
+    _pod_mounts(plan, "")
+
+
+def _with_seccomp(prepared: PreparedSecurity, compiled: Mapping[str, Any] | None) -> PreparedSecurity:
+    """The daemon compiles seccomp profiles once (and caches them); the child only loads the BPF."""
+    if not compiled:
+        return prepared
+    return dataclasses.replace(prepared, seccomp=seccomp.CompiledFilter(
+        bpf=bytes.fromhex(compiled["bpf"]), flags=int(compiled["flags"]), seccomp_nr=int(compiled["nr"])))
+
+
+def _namespace_plan(plan: ContainerPlan) -> tuple[dict[str, int], int]:
+    """fds to join (paths that differ from where we are) and CLONE_NEW* flags for new ones. A type absent
+    from the spec is the host's, where the shim (and so this child) already is. PID: done by the shim."""
+    join: dict[str, int] = {}
+    flags = sc.CLONE_NEWNS
+    for kind in ("ipc", "uts", "network", "cgroup"):
+        if kind not in plan.namespaces:
+            continue
+        path = plan.namespaces[kind]
+        if not path:
+            flags |= sc.NAMESPACE_FLAGS[kind]
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise InitFailure(proto.INVALID_SPEC, f"cannot open namespace {path}: {e.strerror}",
+                              "linux.namespaces") from None
+        mine = os.stat(f"/proc/self/ns/{sc.NAMESPACE_PROC_NAMES[kind]}")
+        theirs = os.fstat(fd)
+        if (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino):
+            os.close(fd)
+        else:
+            join[kind] = fd
+    return join, flags
+
+
+def _pod_mounts(plan: ContainerPlan, sandbox_dir: str) -> tuple[MountPlan, ...]:
+    """hosts, resolv.conf and hostname from the sandbox dir, unless the spec mounts them itself."""
+    out = []
+    taken = {m.destination for m in plan.mounts}
+    for name in ("hosts", "resolv.conf", "hostname"):
+        src = os.path.join(sandbox_dir, name)
+        dest = f"/etc/{name}"
+        if sandbox_dir and dest not in taken and os.path.isfile(src):
+            out.append(MountPlan(field=f"sandbox {name}", destination=dest, source=src, type="bind",
+                                 flags=sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                                 propagation=(sc.MS_PRIVATE,), data="", bind=True))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------- steps
@@ -170,18 +260,8 @@ def _join(fds: Mapping[str, int]) -> None:
         os.close(fd)
 
 
-def _apply_sysctls(sysctls: Mapping[str, str]) -> None:
-    for key, value in sysctls.items():
-        try:
-            with open(sysctl_path(key), "w") as f:
-                f.write(value)
-        except OSError as e:
-            raise InitFailure(proto.INVALID_SPEC, f"cannot set {key}={value}: {e.strerror}",
-                              f"linux.sysctl[{key}]") from None
-
-
-def _build_root(ctx: InitContext) -> None:
-    plan = ctx.plan
+def _build_root(ctx: InitContext, prep: _Prepared) -> None:
+    plan = prep.plan
     rootfs = plan.root_path
     _step(lambda: sc.mount(None, "/", None, plan.rootfs_propagation), "linux.rootfsPropagation",
           "cannot set the propagation of /")
@@ -193,8 +273,8 @@ def _build_root(ctx: InitContext) -> None:
     root_fd = os.open(rootfs, mounts.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         dev_is_tmpfs = False
-        new_cgroupns = bool(ctx.new_namespaces & sc.CLONE_NEWCGROUP)
-        for m in (*plan.mounts, *ctx.extra_mounts):
+        new_cgroupns = bool(prep.new_namespaces & sc.CLONE_NEWCGROUP)
+        for m in (*plan.mounts, *prep.extra_mounts):
             mounts.mount_one(root_fd, m, ctx.cgroup_mounts, new_cgroupns)
             dev_is_tmpfs = dev_is_tmpfs or (m.destination == "/dev" and m.type == "tmpfs")
         if dev_is_tmpfs:
@@ -204,8 +284,8 @@ def _build_root(ctx: InitContext) -> None:
         _step(lambda: mounts.pivot_root(root_fd), "root.path", "cannot pivot into the root filesystem")
     finally:
         os.close(root_fd)
-    mounts.mask_paths(plan.masked_paths)
-    mounts.readonly_paths(plan.readonly_paths)
+    _step(lambda: masked_paths.mask_paths("/", plan.masked_paths, plan.readonly_paths), "linux.maskedPaths",
+          "cannot mask paths")
     if plan.root_readonly:
         _step(mounts.remount_root_readonly, "root.readonly", "cannot make the root filesystem read-only")
 
@@ -300,37 +380,16 @@ def find_executable(p: ProcessPlan, field_name: str) -> str:
     raise InitFailure(proto.INVALID_SPEC, f"executable {name!r} {where} in the container", f"{field_name}[0]")
 
 
-def _exec(p: ProcessPlan, path: str, chan: socket.socket) -> NoReturn:
-    if p.umask is not None:
-        os.umask(p.umask)
-    _switch_user(p)
-    apply_process_security(p)
-    sc.close_range_cloexec(3)
+def _exec(p: ProcessPlan, security: PreparedSecurity, path: str) -> NoReturn:
     env = dict(e.split("=", 1) for e in p.env)
+    # Last step before execve: every fd above 2 close-on-exec, cwd check, umask, user, capabilities,
+    # no_new_privs and seccomp (runtime.linux.process_security, in runc's order).
+    _step(lambda: process_security.apply(security), "process", "cannot apply the process security settings")
     try:
         os.execve(path, list(p.args), env)
     except OSError as e:
         raise InitFailure(proto.INVALID_SPEC, f"cannot run {p.args[0]!r}: {e.strerror}", "process.args[0]") \
             from None
-
-
-def _switch_user(p: ProcessPlan) -> None:
-    try:
-        os.setgroups(list(p.additional_gids))
-        os.setresgid(p.gid, p.gid, p.gid)
-        os.setresuid(p.uid, p.uid, p.uid)
-    except OSError as e:
-        raise InitFailure(proto.FAILURE, f"cannot switch to uid {p.uid} gid {p.gid}: {e.strerror}",
-                          "process.user") from None
-
-
-def apply_process_security(p: ProcessPlan) -> None:
-    """The call site for runtime.linux.process_security (capabilities, seccomp) from the security work.
-
-    Until it is merged only no_new_privileges is applied here; capabilities and
-    seccomp from the spec are NOT enforced yet."""
-    if p.no_new_privileges:
-        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
 
 
 # ---------------------------------------------------------------- reporting
@@ -342,14 +401,23 @@ def _step(action: Callable[[], object], field_name: str, what: str) -> None:
     except (MountError, SpecError, InitFailure):
         raise
     except OSError as e:
-        raise InitFailure(proto.FAILURE, f"{what}: {e.strerror or e}", field_name) from None
+        detail = e.strerror if e.strerror and not e.args[1:] else (e.args[1] if len(e.args) > 1 else str(e))
+        raise InitFailure(proto.FAILURE, f"{what}: {detail}", field_name) from None
 
 
 def _report_and_exit(chan: socket.socket, e: BaseException) -> NoReturn:
     if isinstance(e, InitFailure):
         err = proto.error(e.kind, e.message, e.field)
-    elif isinstance(e, (MountError, SpecError)):
+    elif isinstance(e, SpecError):
+        err = proto.error(proto.UNSUPPORTED if e.unsupported else proto.INVALID_SPEC, e.message, e.field)
+    elif isinstance(e, MountError):
         err = proto.error(proto.INVALID_SPEC, e.message, e.field)
+    elif isinstance(e, base.InvalidSpec):
+        err = proto.error(proto.INVALID_SPEC, e.message.removeprefix(f"{e.field}: "), e.field)
+    elif isinstance(e, base.Unsupported):
+        err = proto.error(proto.UNSUPPORTED, e.message)
+    elif isinstance(e, base.RuntimeFailure):
+        err = proto.error(proto.FAILURE, e.message)
     elif isinstance(e, SystemExit):
         os._exit(0)
     else:

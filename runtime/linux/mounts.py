@@ -319,57 +319,5 @@ def pivot_root(root_fd: int) -> None:
     os.chdir("/")
 
 
-def mask_paths(paths: Iterable[str]) -> None:
-    """After pivot_root: hide each path (read-only empty tmpfs on a dir, /dev/null on a file).
-
-    Call site for the security module's mask_paths; kept minimal here."""
-    null = os.open("/dev/null", O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        st = os.fstat(null)
-        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(1, 3):
-            # CVE-2025-31133: a /dev/null that is anything else must never be a mask source.
-            raise MountError("linux.maskedPaths", "/dev/null in the container is not the null device")
-        root = os.open("/", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for path in paths:
-                try:
-                    fd = sc.openat2(root, path.lstrip("/"), O_PATH, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_SYMLINKS)
-                except OSError:
-                    continue  # absent (or a symlink we refuse to follow): nothing to hide
-                try:
-                    if stat.S_ISDIR(os.fstat(fd).st_mode):
-                        sc.mount("tmpfs", fd_path(fd), "tmpfs", sc.MS_RDONLY, "size=0k")
-                    else:
-                        sc.mount(fd_path(null), fd_path(fd), None, sc.MS_BIND)
-                finally:
-                    os.close(fd)
-        finally:
-            os.close(root)
-    finally:
-        os.close(null)
-
-
-def readonly_paths(paths: Iterable[str]) -> None:
-    root = os.open("/", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for path in paths:
-            try:
-                fd = sc.openat2(root, path.lstrip("/"), O_PATH, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_SYMLINKS)
-            except OSError:
-                continue
-            try:
-                sc.mount(fd_path(fd), fd_path(fd), None, sc.MS_BIND | sc.MS_REC)
-                top = sc.openat2(root, path.lstrip("/"), O_PATH, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_SYMLINKS)
-                try:
-                    sc.mount(None, fd_path(top), None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY |
-                             _locked_flags(fd_path(top)))
-                finally:
-                    os.close(top)
-            finally:
-                os.close(fd)
-    finally:
-        os.close(root)
-
-
 def remount_root_readonly() -> None:
     sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | _locked_flags("/"))

@@ -42,14 +42,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from runtime.linux import cgroup_mini as cgroups
+from runtime.linux import cgroups
 from runtime.linux import init as cinit
 from runtime.linux import mounts
 from runtime.linux import protocol as proto
 from runtime.linux import syscalls as sc
 from runtime.linux.logs import CriLogWriter
-from runtime.linux.spec import ContainerPlan, MountPlan, ProcessPlan, SpecError, check_sysctl, \
-    container_plan, read_spec, sysctl_path
+from runtime.linux.spec import ShimView, SpecError, check_sysctl, read_spec, shim_view, sysctl_path
 
 log = logging.getLogger("cri-shim.shim")
 
@@ -233,7 +232,9 @@ class Conn:
 class Container:
     id: str
     bundle: str
-    plan: ContainerPlan
+    spec: dict[str, Any]                                     # config.json as read (the child plans from it)
+    view: ShimView
+    seccomp: dict[str, Any] | None                           # compiled by the daemon, reused by every exec
     cgroup: cgroups.Cgroup
     log: CriLogWriter
     state_dir: str
@@ -635,15 +636,14 @@ class Shim:
             raise ShimError(proto.WRONG_STATE, "the pod sandbox is stopped")
         bundle = str(msg.get("bundle", ""))
         try:
-            plan = container_plan(read_spec(bundle), bundle)
+            spec = read_spec(bundle)
+            view = shim_view(spec, bundle)
         except SpecError as e:
             raise ShimError(proto.UNSUPPORTED if e.unsupported else proto.INVALID_SPEC, e.message, e.field) \
                 from None
-        if msg.get("readonly"):
-            plan = dataclasses.replace(plan, root_readonly=True)
         undo: list[Callable[[], None]] = []
         try:
-            c = self._prepare_container(cid, bundle, plan, msg, undo)
+            c = self._prepare_container(cid, bundle, spec, view, msg, undo)
             self._fork_init(c, msg, undo)
         except BaseException:
             for step in reversed(undo):
@@ -655,8 +655,8 @@ class Shim:
         c.pending = conn
         self.containers[cid] = c
 
-    def _prepare_container(self, cid: str, bundle: str, plan: ContainerPlan, msg: dict[str, Any],
-                           undo: list[Callable[[], None]]) -> Container:
+    def _prepare_container(self, cid: str, bundle: str, spec: dict[str, Any], plan: ShimView,
+                           msg: dict[str, Any], undo: list[Callable[[], None]]) -> Container:
         cg_path = plan.cgroups_path or cgroups.cgroup_path("cgroupfs", self.config.cgroup_parent, cid)
         if not cg_path.startswith("/"):
             raise ShimError(proto.INVALID_SPEC, f"{cg_path!r} must be an absolute cgroupfs path",
@@ -684,8 +684,8 @@ class Shim:
             raise ShimError(proto.INVALID_SPEC, f"cannot open the log file {log_path}: {e.strerror}",
                             "log_path") from None
         undo.append(writer.close_file)
-        c = Container(id=cid, bundle=bundle, plan=plan, cgroup=cg, log=writer, state_dir=state_dir,
-                      tty=bool(msg.get("tty")) or plan.process.terminal, stdin_once=bool(msg.get("stdin_once")),
+        c = Container(id=cid, bundle=bundle, spec=spec, view=plan, seccomp=msg.get("seccomp"), cgroup=cg, log=writer, state_dir=state_dir,
+                      tty=bool(msg.get("tty")) or plan.terminal, stdin_once=bool(msg.get("stdin_once")),
                       stop_signal=int(msg.get("stop_signal") or signal.SIGTERM))
         layers = [str(x) for x in msg.get("layers") or []]
         scratch = str(msg.get("scratch") or "")
@@ -704,23 +704,20 @@ class Shim:
         return c
 
     def _fork_init(self, c: Container, msg: dict[str, Any], undo: list[Callable[[], None]]) -> None:
-        plan = c.plan
-        join_fds, new_flags = self._namespace_plan(plan)
-        undo.append(lambda: _close_fds(join_fds.values()))
         parent_chan, child_chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         start_r, start_w = os.pipe()
         stdio, parent_ends = self._container_stdio(c, bool(msg.get("stdin")))
         ctx = cinit.InitContext(
-            plan=plan, chan=child_chan, stdio=stdio, layers=tuple(str(x) for x in msg.get("layers") or []),
-            upper=c.upper, work=c.work, start_fd=start_r, cgroup_procs=tuple(c.cgroup.join_files()),
-            cgroup_mounts=self._cgroup_mounts(c.cgroup), join_fds=join_fds,
-            new_namespaces=new_flags, extra_mounts=self._pod_mounts(plan))
-        pid = self._fork_in_pid_ns(plan.namespaces.get("pid"), None, lambda: cinit.container_init(ctx))
-        for fd in (start_r, stdio.stdin, stdio.stdout, stdio.stderr, *join_fds.values()):
+            spec=c.spec, bundle=c.bundle, chan=child_chan, stdio=stdio, readonly=bool(msg.get("readonly")),
+            seccomp=c.seccomp, sandbox_dir=self.config.sandbox_dir,
+            layers=tuple(str(x) for x in msg.get("layers") or []), upper=c.upper, work=c.work, start_fd=start_r,
+            cgroup_procs=tuple(c.cgroup.join_files()), cgroup_mounts=self._cgroup_mounts(c.cgroup))
+        pid = self._fork_in_pid_ns(c.view.pid_namespace, None, lambda: cinit.container_init(ctx))
+        for fd in (start_r, stdio.stdin, stdio.stdout, stdio.stderr):
             if fd >= 0:
                 os.close(fd)
         child_chan.close()
-        undo.clear()  # from here on the child's exit path cleans up (see _create_failed)
+        undo.clear()  # from here on the child's exit path cleans up (see _init_failed)
         c.pid, c.start_w, c.chan = pid, start_w, parent_chan
         c.created_at = time.time_ns()
         c.out_fds = parent_ends["out"]
@@ -738,29 +735,6 @@ class Shim:
             self.host_cgroup_mounts = mounts.host_cgroup_mounts({})
         dirs = cg.dirs()
         return tuple(dataclasses.replace(h, container_dir=dirs.get(h.name, "")) for h in self.host_cgroup_mounts)
-
-    def _namespace_plan(self, plan: ContainerPlan) -> tuple[dict[str, int], int]:
-        """fds to join (paths that differ from where the shim is) and CLONE_NEW* flags for new ones."""
-        join: dict[str, int] = {}
-        flags = sc.CLONE_NEWNS
-        try:
-            for kind in ("ipc", "uts", "network", "cgroup"):
-                if kind not in plan.namespaces:
-                    continue  # the host's: the shim is there already
-                path = plan.namespaces[kind]
-                if not path:
-                    flags |= sc.NAMESPACE_FLAGS[kind]
-                    continue
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                if _same_file(fd, self.host_ns[kind]):
-                    os.close(fd)
-                else:
-                    join[kind] = fd
-        except OSError as e:
-            for fd in join.values():
-                os.close(fd)
-            raise ShimError(proto.INVALID_SPEC, f"cannot open namespace: {e}", "linux.namespaces") from None
-        return join, flags
 
     def _fork_in_pid_ns(self, pid_ns: str | None, pid_ns_fd: int | None, child: Callable[[], object]) -> int:
         """fork() with the child in the requested PID namespace: "" = a new one, a path = join it,
@@ -801,19 +775,6 @@ class Shim:
             in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
         return (cinit.Stdio(stdin=in_r, stdout=out_w, stderr=err_w),
                 {"out": {out_r: "stdout", err_r: "stderr"}, "stdin": in_w})
-
-    def _pod_mounts(self, plan: ContainerPlan) -> tuple[MountPlan, ...]:
-        """hosts/resolv.conf/hostname from the sandbox dir (unless the spec mounts them), and the pod's shm."""
-        out = []
-        taken = {m.destination for m in plan.mounts}
-        for name in ("hosts", "resolv.conf", "hostname"):
-            src = os.path.join(self.config.sandbox_dir, name)
-            dest = f"/etc/{name}"
-            if dest not in taken and os.path.isfile(src):
-                out.append(MountPlan(field=f"sandbox {name}", destination=dest, source=src, type="bind",
-                                     flags=sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
-                                     propagation=(sc.MS_PRIVATE,), data="", bind=True))
-        return tuple(out)
 
     def _on_init_chan(self, c: Container) -> None:
         assert c.chan is not None
@@ -1159,7 +1120,7 @@ class Shim:
         c = self._container(msg)
         if c.state != STATE_RUNNING or c.reaped:
             raise ShimError(proto.WRONG_STATE, f"container {c.id} is not running")
-        process = _exec_process(c.plan.process, msg)
+        process = _exec_process(c.spec.get("process") or {}, msg)
         join_fds: dict[str, int] = {}
         pid_fd = -1
         try:
@@ -1178,7 +1139,7 @@ class Shim:
             raise ShimError(proto.WRONG_STATE, f"container {c.id} is not running") from None
         parent_chan, child_chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         stdio, mine, theirs = _exec_stdio(msg)
-        ctx = cinit.ExecContext(process=process, chan=child_chan, stdio=stdio,
+        ctx = cinit.ExecContext(process=process, seccomp=c.seccomp, chan=child_chan, stdio=stdio,
                                 cgroup_procs=tuple(c.cgroup.join_files()), join_fds=join_fds)
         try:
             same_pid_ns = _same_file(pid_fd, self.host_ns["pid"])
@@ -1269,20 +1230,17 @@ class Shim:
 # ---------------------------------------------------------------- helpers
 
 
-def _exec_process(base: ProcessPlan, msg: dict[str, Any]) -> ProcessPlan:
+def _exec_process(container: dict[str, Any], msg: dict[str, Any]) -> dict[str, Any]:
+    """The container's OCI process with the exec's command, and its env and cwd when given (checked by the child)."""
     args = msg.get("args")
     if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args) or not args[0]:
         raise ShimError(proto.INVALID_SPEC, "no command to execute", "cmd")
-    env = msg.get("env")
-    cwd = msg.get("cwd") or base.cwd
-    if not isinstance(cwd, str) or not cwd.startswith("/"):
-        raise ShimError(proto.INVALID_SPEC, f"{cwd!r} must be an absolute path", "cwd")
-    if any("\0" in a for a in args):
-        raise ShimError(proto.INVALID_SPEC, "an argument contains a NUL byte", "cmd")
-    return ProcessPlan(args=tuple(args), env=tuple(env) if isinstance(env, list) else base.env, cwd=cwd,
-                       uid=base.uid, gid=base.gid, additional_gids=base.additional_gids, umask=base.umask,
-                       terminal=bool(msg.get("tty")), rlimits=base.rlimits,
-                       no_new_privileges=base.no_new_privileges, oom_score_adj=base.oom_score_adj, raw=base.raw)
+    out = {**container, "args": args, "terminal": bool(msg.get("tty"))}
+    if isinstance(msg.get("env"), list):
+        out["env"] = msg["env"]
+    if msg.get("cwd"):
+        out["cwd"] = msg["cwd"]
+    return out
 
 
 def _exec_stdio(msg: dict[str, Any]) -> tuple[cinit.Stdio, list[int], list[int]]:
@@ -1422,6 +1380,18 @@ def warm_up() -> None:
     proto.recv(b)
     a.close()
     b.close()
+    # What every container init runs first: checking and planning a spec (pure functions).
+    sample = {"process": {"args": ["sh"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                          "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"],
+                                           "permitted": ["CAP_KILL"]},
+                          "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}]},
+              "root": {"path": "rootfs"}, "hostname": "warm-up",
+              "mounts": [{"destination": "/proc", "source": "proc", "type": "proc", "options": ["nosuid"]},
+                         {"destination": "/dev", "source": "tmpfs", "type": "tmpfs", "options": ["mode=755"]}],
+              "linux": {"namespaces": [{"type": "mount"}, {"type": "uts"}, {"type": "pid"}],
+                        "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]}}
+    shim_view(sample, "/")
+    cinit.warm_up(sample)
 
 
 def run_pod(config: dict[str, Any], reply: socket.socket) -> NoReturn:

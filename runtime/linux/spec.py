@@ -123,6 +123,37 @@ def read_spec(bundle: str) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class ShimView:
+    """The few fields the pod shim needs before it forks a container's init (cgroup, PID namespace,
+    terminal, rootfs directory). Everything else is read, checked and prepared by the forked child:
+    code the shim runs costs memory in every shim, code the child runs is gone at execve."""
+
+    root_path: str
+    cgroups_path: str
+    resources: Mapping[str, Any] | None
+    pid_namespace: str | None         # "" = a new one, a path = join it, None = the host's
+    terminal: bool
+
+
+def shim_view(spec: Mapping[str, Any], bundle: str) -> ShimView:
+    linux = _obj(spec.get("linux"), "linux")
+    root = _obj(spec.get("root"), "root")
+    root_path = _str(root.get("path", "rootfs"), "root.path")
+    pid_ns: str | None = None
+    for i, ns in enumerate(_list(linux.get("namespaces", []), "linux.namespaces")):
+        ns = _obj(ns, f"linux.namespaces[{i}]")
+        if ns.get("type") == "pid":
+            pid_ns = _str(ns.get("path", ""), f"linux.namespaces[{i}].path")
+            if pid_ns:
+                _check_ns_path(pid_ns, "pid", f"linux.namespaces[{i}].path")
+    return ShimView(root_path=root_path if os.path.isabs(root_path) else os.path.join(bundle, root_path),
+                    cgroups_path=_str(linux.get("cgroupsPath", ""), "linux.cgroupsPath"),
+                    resources=_obj(linux.get("resources"), "linux.resources") or None,
+                    pid_namespace=pid_ns,
+                    terminal=bool(_obj(spec.get("process"), "process").get("terminal", False)))
+
+
 def container_plan(spec: Mapping[str, Any], bundle: str) -> ContainerPlan:
     linux = _obj(spec.get("linux"), "linux")
     if "process" not in spec:

@@ -248,3 +248,29 @@ def test_files_left_in_writable_layer_are_removed_with_the_container(lab: Lab) -
         assert not (c.scratch / "upper").exists()
         assert os.listdir(c.scratch) == []
     lab.run(body)
+
+
+def test_process_security_caps_user_and_seccomp_are_applied(lab: Lab) -> None:
+    """CVE-2022-29162: inheritable/ambient empty; a non-root user has no effective capabilities;
+    RuntimeDefault seccomp blocks unshare (runtime.linux.process_security, applied by the init)."""
+    from runtime.linux import seccomp
+
+    async def body(b: LinuxBackend) -> None:
+        pod = await lab.pod(b)
+        status, out = await run_to_exit(lab, b, pod, "grep -E '^Cap(Inh|Eff|Bnd|Amb)' /proc/self/status; id")
+        assert status.exit_code == 0, out
+        caps = dict(line.split(":\t") for line in out.splitlines()[:4])
+        assert caps["CapInh"] == caps["CapAmb"] == "0000000000000000"
+        assert caps["CapBnd"] == caps["CapEff"] == "00000000a80425fb"   # the 14 default capabilities
+        assert out.splitlines()[4].startswith("uid=0(root)")
+        status, out = await run_to_exit(lab, b, pod, "grep CapEff /proc/self/status; id",
+                                        user=oci.User(uid=1000, gid=1000, additional_gids=(1234,)))
+        assert out.splitlines()[0].split()[1] == "0000000000000000"
+        assert out.splitlines()[1] == "uid=1000(app) gid=1000(app) groups=1234(extra)"
+        cid = "e" * 64
+        spec = lab.container_spec(pod, cid, ("sh", "-c", "unshare -U true && echo unshared || echo blocked"))
+        spec["linux"]["seccomp"] = seccomp.runtime_default_profile(oci.DEFAULT_CAPABILITIES)
+        c = await lab.container(b, pod, (), spec=spec)
+        s = await _wait_exit(b, c.id)
+        assert s.exit_code == 0 and "blocked" in _stdout(c.log_text()), c.log_text()
+    lab.run(body)

@@ -65,8 +65,9 @@ def test_exit_codes_and_reasons(lab: Lab) -> None:
 def test_stop_uses_the_stop_signal_then_kills_after_the_grace_period(lab: Lab) -> None:
     async def body(b: LinuxBackend) -> None:
         pod = await lab.pod(b)
-        trapping = await lab.container(b, pod, ("sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"))
+        trapping = await lab.container(b, pod, ("sh", "-c", "trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done"))
         stubborn = await lab.container(b, pod, ("sh", "-c", "trap '' TERM; sleep 1000 & wait; sleep 1000"))
+        assert await wait_for(lambda: "ready" in trapping.log_text())   # the trap is set
         t0 = time.monotonic()
         s1 = await b.stop_container(trapping.id, 10)
         assert s1.exit_code == 7 and time.monotonic() - t0 < 5
@@ -96,12 +97,13 @@ def test_custom_stop_signal_is_used(lab: Lab) -> None:
         pod = await lab.pod(b)
         cid = "f" * 64
         info = lab.container_paths(pod, cid)
-        oci.write(info.bundle, lab.container_spec(pod, cid, ("sh", "-c", "trap 'exit 9' USR1; while :; do sleep 0.05; done")))
+        oci.write(info.bundle, lab.container_spec(pod, cid, ("sh", "-c", "trap 'exit 9' USR1; echo ready; while :; do sleep 0.05; done")))
         await b.create_container(base.ContainerSpec(
             id=cid, sandbox_id=pod.id, bundle_dir=str(info.bundle),
             rootfs=base.RootfsSpec(layers=(str(lab.rootfs),), scratch=str(info.scratch)),
             stdio=base.StdioSpec(log_path=str(info.log_path)), stop_signal=signal.SIGUSR1))
         await b.start_container(cid)
+        assert await wait_for(lambda: "ready" in info.log_text())
         assert (await b.stop_container(cid, 10)).exit_code == 9
     lab.run(body)
 
@@ -332,7 +334,7 @@ def test_bad_specs_fail_at_create_naming_the_field_and_leave_nothing(lab: Lab) -
              base.InvalidSpec, "linux.namespaces[1].path"),
             ({"mounts": (oci.Mount("/data", "/nonexistent/source", "bind", ("rbind",)),)},
              base.InvalidSpec, "mounts["),
-            ({"resources": {"hugepageLimits": [{"pageSize": "2MB", "limit": 1 << 21}]}},
+            ({"resources": {"hugepageLimits": [{"pageSize": "3MB", "limit": 1 << 21}]}},
              base.Unsupported, "linux.resources.hugepageLimits"),
             ({"resources": {"unified": {"memory.max": "1"}}}, base.Unsupported, "linux.resources.unified"),
             ({"resources": {"cpu": {"cpus": "999"}}}, base.Unsupported, "linux.resources.cpu.cpus"),
