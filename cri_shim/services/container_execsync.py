@@ -14,6 +14,8 @@ from cri_shim.services.runtime_state import EXEC_SYNC_OUTPUT_CAP, RuntimeState
 from cri_shim.store.container import Container, ContainerState
 from runtime import base
 
+RESPONSE_OUTPUT_BUDGET = EXEC_SYNC_OUTPUT_CAP - (64 << 10)   # room for the rest of the message
+
 
 def running(state: RuntimeState, container_id: str, what: str) -> Container:
     c = state.container(container_id)
@@ -37,4 +39,7 @@ async def exec_sync(state: RuntimeState, request: pb.ExecSyncRequest) -> pb.Exec
                                          EXEC_SYNC_OUTPUT_CAP)
     if result.timed_out:
         raise DeadlineExceeded(f"ExecSync: {cmd[0]} did not finish within {request.timeout}s and was killed")
-    return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+    # Both streams must fit in one response under the 16 MiB message limit kubelet's client enforces.
+    stdout = result.stdout[:RESPONSE_OUTPUT_BUDGET]
+    stderr = result.stderr[:RESPONSE_OUTPUT_BUDGET - len(stdout)]
+    return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=result.exit_code)

@@ -11,6 +11,7 @@ from cri_shim.errors import CriError, FailedPrecondition
 from cri_shim.services.backend_errors import mapped
 from cri_shim.services.container_stats import cpu_usage, memory_usage, to_stats
 from cri_shim.services.runtime_state import RuntimeState
+from cri_shim.store.container import ContainerState
 from cri_shim.store.records import labels_match
 from cri_shim.store.sandbox import Sandbox, SandboxState
 
@@ -26,7 +27,7 @@ async def stats_of(state: RuntimeState, sb: Sandbox) -> pb.PodSandboxStats:
         linux.process.process_count.value = s.pids
     for cid, cs in s.containers.items():
         c = state.containers.get(cid)
-        if c is not None:
+        if c is not None and c.state is ContainerState.RUNNING:
             linux.containers.append(to_stats(c, cs))
     cfg = sb.config
     return pb.PodSandboxStats(attributes=pb.PodSandboxAttributes(id=sb.id, metadata=cfg.metadata, labels=cfg.labels,

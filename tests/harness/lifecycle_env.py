@@ -82,7 +82,10 @@ def pod_config(name: str = "", *, namespace: str = "lifecycle", attempt: int = 0
     if host_network:
         cfg.linux.security_context.namespace_options.network = pb.NODE
     for key, value in linux.items():
-        setattr(cfg.linux, key, value)
+        if isinstance(value, dict):
+            getattr(cfg.linux, key).update(value)
+        else:
+            setattr(cfg.linux, key, value)
     return cfg
 
 

@@ -44,7 +44,7 @@ def test_crictl_runs_a_busybox_pod_end_to_end(daemon: Daemon, cri: Cri, tmp_path
     assert inspect["status"]["logPath"] == str(logs / "bb.log")
     assert inspect["info"]["runtimeSpec"]["process"]["args"][0] == "sh"
 
-    assert daemon.crictl("exec", "-s", cid, "cat", "/etc/hostname").stdout == "crictl-host\n"
+    assert daemon.crictl("exec", "-s", cid, "cat", "/etc/hostname").stdout.splitlines()[0] == "crictl-host"
     assert wait_for(lambda: "crictl-host" in daemon.crictl("logs", cid).stdout)
     assert daemon.crictl("logs", cid).stdout.splitlines()[:2] == ["started", "crictl-host"]
 
