@@ -23,6 +23,8 @@ class DaemonContext:
     images: ImageStore
     lifecycle: RuntimeState
     handlers: list[HandlerInfo] = field(default_factory=lambda: [HandlerInfo(name="")])
+    # CreateContainer resolves Merge/Strict in the image and ContainerStatus reports the user it ran as.
+    supplemental_groups_policy: bool = True
 
     @property
     def image_dirs(self) -> tuple[Path, ...]:

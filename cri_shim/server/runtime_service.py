@@ -32,7 +32,8 @@ class RuntimeService:
 
     async def Status(self, request: pb.StatusRequest, context: Ctx) -> pb.StatusResponse:
         ctx = self.ctx
-        return status.status(ctx.config, ctx.host, ctx.store, ctx.handlers, request)
+        return status.status(ctx.config, ctx.host, ctx.store, ctx.handlers, request,
+                             supplemental_groups_policy=ctx.supplemental_groups_policy)
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Ctx) -> pb.RuntimeConfigResponse:
         return runtime_config.runtime_config(self.ctx.config)
