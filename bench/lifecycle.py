@@ -2,7 +2,7 @@
 
     CRI_SHIM_TEST_TMP=/tmp/cst-bench python -m bench.lifecycle [--pods 200] [--list-pods 500] [--containerd]
 
-- start: RunPodSandbox + CreateContainer + StartContainer of one busybox container, sequentially, p50/p99;
+- start: RunPodSandbox + CreateContainer + StartContainer of one container (the pause look-alike), sequentially, p50/p99;
 - teardown: StopPodSandbox + RemovePodSandbox (which removes the container), p50/p99;
 - list: ListContainers and ListPodSandbox p50/p99 with `--list-pods` pods running one container each.
 
@@ -25,6 +25,8 @@ from tests.harness import testimages
 from tests.harness.daemon import CriClient
 from tests.harness.lifecycle_env import BUSYBOX, Mirror, lifecycle_daemon, start_mirror
 
+WORKLOAD = testimages.PAUSE[0]
+
 
 @dataclass
 class Samples:
@@ -42,15 +44,17 @@ class Samples:
 
 def _pod(host_network: bool) -> pb.PodSandboxConfig:
     name = f"bench-{uuid.uuid4().hex[:10]}"
-    cfg = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name=name, namespace="bench", uid=name), hostname=name)
+    cfg = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name=name, namespace="bench", uid=name))
     if host_network:
-        cfg.linux.security_context.namespace_options.network = pb.NODE
+        cfg.linux.security_context.namespace_options.network = pb.NODE  # and the host's name (no UTS ns)
+    else:
+        cfg.hostname = name
     return cfg
 
 
 def _container() -> pb.ContainerConfig:
-    return pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c"), image=pb.ImageSpec(image=BUSYBOX),
-                              command=["sleep", "3600"])
+    # The pause look-alike (a static program, its own entrypoint): the smallest workload both runtimes run.
+    return pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c"), image=pb.ImageSpec(image=WORKLOAD))
 
 
 def start_pod(client: CriClient, host_network: bool) -> str:
@@ -81,7 +85,14 @@ def start_and_teardown(label: str, client: CriClient, pods: int, host_network: b
         box: list[str] = []
         starts.append(timed(lambda: box.append(start_pod(client, host_network))))
         teardowns.append(timed(lambda: teardown_pod(client, box[0])))
-    return [Samples(f"{label} start (run+create+start)", starts), Samples(f"{label} teardown (stopp+rmp)", teardowns)]
+    return _show([Samples(f"{label} start (run+create+start)", starts),
+                  Samples(f"{label} teardown (stopp+rmp)", teardowns)])
+
+
+def _show(samples: list[Samples]) -> list[Samples]:
+    for s in samples:
+        print(s.line(), flush=True)
+    return samples
 
 
 def lists(label: str, client: CriClient, pods: int, calls: int = 1000) -> list[Samples]:
@@ -94,8 +105,8 @@ def lists(label: str, client: CriClient, pods: int, calls: int = 1000) -> list[S
     finally:
         for sid in made:
             teardown_pod(client, sid)
-    return [Samples(f"{label} ListContainers @{pods} pods", containers),
-            Samples(f"{label} ListPodSandbox @{pods} pods", sandboxes)]
+    return _show([Samples(f"{label} ListContainers @{pods} pods", containers),
+                  Samples(f"{label} ListPodSandbox @{pods} pods", sandboxes)])
 
 
 def pull(client: CriClient, image: str) -> None:
@@ -106,7 +117,7 @@ def run_cri_shim(mirror: Mirror, args: argparse.Namespace) -> list[Samples]:
     d = lifecycle_daemon(mirror, extra={"server": {"log_level": "info"}}).start()
     client = d.client()
     try:
-        pull(client, BUSYBOX)
+        pull(client, WORKLOAD)
         out = start_and_teardown("cri-shim", client, args.pods, host_network=True)
         if args.pod_network:
             out += start_and_teardown("cri-shim pod-network", client, args.pods, host_network=False)
@@ -123,8 +134,7 @@ def run_containerd(mirror: Mirror, args: argparse.Namespace) -> list[Samples]:
     ctd = Containerd(mirror=f"http://{mirror.registry.host}").start()
     client = CriClient(ctd.endpoint)
     try:
-        pull(client, BUSYBOX)
-        pull(client, testimages.PAUSE[0])
+        pull(client, WORKLOAD)
         out = start_and_teardown("containerd", client, args.pods, host_network=True)
         if args.list_pods and args.containerd_lists:
             out += lists("containerd", client, args.list_pods)
@@ -149,6 +159,7 @@ def main() -> None:
             results += run_containerd(mirror, args)
     finally:
         mirror.close()
+    print("----")
     for s in results:
         print(s.line())
     by = {s.name: s for s in results}

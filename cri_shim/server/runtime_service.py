@@ -60,7 +60,7 @@ class RuntimeService:
         return sandbox_status.pod_sandbox_status(self.state, request)
 
     async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Ctx) -> pb.ListPodSandboxResponse:
-        return sandbox_list.list_pod_sandbox(self.state.sandboxes, request)
+        return sandbox_list.list_pod_sandbox(self.state.sandboxes, request, self.state.sandbox_items)
 
     async def PodSandboxStats(self, request: pb.PodSandboxStatsRequest, context: Ctx) -> pb.PodSandboxStatsResponse:
         return await sandbox_stats.pod_sandbox_stats(self.state, request)
@@ -91,7 +91,7 @@ class RuntimeService:
         return await container_remove.remove_container(self.state, request)
 
     async def ListContainers(self, request: pb.ListContainersRequest, context: Ctx) -> pb.ListContainersResponse:
-        return container_list.list_containers(self.state.containers, request)
+        return container_list.list_containers(self.state.containers, request, self.state.container_items)
 
     async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Ctx) -> pb.ContainerStatusResponse:
         return container_status.container_status(self.state, request)

@@ -23,8 +23,10 @@ from cri_shim.api import api_pb2 as pb
 from cri_shim.config import Config
 from cri_shim.errors import NotFound
 from cri_shim.images.store import ImageStore
+from cri_shim.services import container_list, sandbox_list
 from cri_shim.services.events import EventBroadcaster
 from cri_shim.services.failpoints import Failpoints
+from cri_shim.services.list_cache import ConvertedCache
 from cri_shim.services.phases import PhaseTimers
 from cri_shim.store.container import Container
 from cri_shim.store.inflight import InflightCreations
@@ -98,6 +100,10 @@ class RuntimeState:
     container_names: NameRegistry = field(default_factory=lambda: NameRegistry("container"))
     sandbox_inflight: InflightCreations = field(init=False)
     container_inflight: InflightCreations = field(init=False)
+    sandbox_items: ConvertedCache[Sandbox, pb.PodSandbox] = field(
+        default_factory=lambda: ConvertedCache(sandbox_list.to_pod_sandbox))
+    container_items: ConvertedCache[Container, pb.Container] = field(
+        default_factory=lambda: ConvertedCache(container_list.to_container))
     sandbox_locks: KeyedLocks = field(default_factory=KeyedLocks)
     container_locks: KeyedLocks = field(default_factory=KeyedLocks)
 
