@@ -129,6 +129,30 @@ def run_cri_shim(mirror: Mirror, args: argparse.Namespace) -> list[Samples]:
         d.stop()
 
 
+def restart(mirror: Mirror, pods: int) -> None:
+    """kill -9 the daemon with `pods` pods running; time from exec of the new daemon to the first complete
+    ListContainers (the recovery itself is also logged by the daemon)."""
+    d = lifecycle_daemon(mirror, extra={"server": {"log_level": "info"}}).start()
+    client = d.client()
+    pull(client, WORKLOAD)
+    made = [start_pod(client, host_network=True) for _ in range(pods)]
+    client.close()
+    d.kill9()
+    started = time.perf_counter()
+    d.start(wait=120)
+    client = d.client()
+    while len(client.runtime.ListContainers(pb.ListContainersRequest(), timeout=30).containers) < pods:
+        time.sleep(0.01)
+    first_list = time.perf_counter() - started
+    recovered = [line for line in d.log_text().splitlines() if "recovered" in line][-1]
+    print(f"restart with {pods} pods: first complete ListContainers {first_list * 1000:.0f} ms after exec "
+          f"(daemon: {recovered.split(': ', 1)[-1]})", flush=True)
+    for sid in made:
+        teardown_pod(client, sid)
+    client.close()
+    d.stop()
+
+
 def run_containerd(mirror: Mirror, args: argparse.Namespace) -> list[Samples]:
     from bench.containerd import Containerd
     ctd = Containerd(mirror=f"http://{mirror.registry.host}").start()
@@ -150,10 +174,13 @@ def main() -> None:
     ap.add_argument("--list-pods", type=int, default=500)
     ap.add_argument("--pod-network", action="store_true")
     ap.add_argument("--containerd", action="store_true", help="also measure containerd + runc (Debian packages)")
+    ap.add_argument("--restart-pods", type=int, default=0, help="also: restart time with this many pods")
     ap.add_argument("--containerd-lists", action="store_true", help="also the list measurement on containerd")
     args = ap.parse_args()
     mirror = start_mirror((BUSYBOX, *testimages.PAUSE))
     try:
+        if args.restart_pods:
+            restart(mirror, args.restart_pods)
         results = run_cri_shim(mirror, args)
         if args.containerd:
             results += run_containerd(mirror, args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from cri_shim.logs import rpc_context
 from cri_shim.services import container_events
 from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.store.container import Container, ContainerState
@@ -62,6 +63,8 @@ def record_status(state: RuntimeState, status: base.ContainerStatus) -> Containe
 
 def on_runtime_event(state: RuntimeState, event: base.RuntimeEvent) -> None:
     """The backends' event sink (runs on the event loop)."""
+    # The backend's watcher task was started inside some RPC and inherited its log context: not this event's.
+    rpc_context.set(f"runtime event {event.kind.value} sandbox={event.sandbox_id[:13]}")
     if event.kind is base.EventKind.EXITED and event.status is not None:
         record_status(state, event.status)
     elif event.kind is base.EventKind.MONITOR_LOST:
