@@ -15,7 +15,7 @@ import shutil
 import time
 
 from cri_shim.api import api_pb2 as pb
-from cri_shim.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from cri_shim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cri_shim.images.store import ContainerImage
 from cri_shim.services import container_events, container_remove, container_spec, phases
 from cri_shim.services.backend_errors import mapped
@@ -154,6 +154,8 @@ async def _create(state: RuntimeState, sb: Sandbox, config: pb.ContainerConfig, 
             undo.push("delete the container from the runtime", lambda: backend.delete_container(cid))
             status = await backend.create_container(spec)
         await fp.hit("container_create.after_create")
+        if state.sandboxes.get(sb.id) is None:   # removed meanwhile (RemovePodSandbox skips creations in flight)
+            raise NotFound(f"pod sandbox {sb.id} was removed while the container was being created")
 
         user = {"uid": built.user.uid, "gid": built.user.gid, "groups": list(built.user.additional_gids)}
         record = record.with_(state=ContainerState.CREATED, image_id=image.id, image_ref=image.id,

@@ -16,6 +16,7 @@ from cri_shim.errors import NotFound
 from cri_shim.services import container_events, container_remove, sandbox_stop
 from cri_shim.services.backend_errors import mapped
 from cri_shim.services.runtime_state import RuntimeState
+from cri_shim.store.container import ContainerState
 from cri_shim.store.sandbox import SandboxState
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ async def remove_by_id(state: RuntimeState, sandbox_id: str) -> None:
     if sb is None:
         return
     for c in state.containers_of(sandbox_id):
+        if c.state is ContainerState.CREATING and state.container_inflight.pending(c.name):
+            continue   # still being created: that creation fails once the sandbox is gone, and rolls itself back
         await _remove_container(state, c.id)
     try:
         backend = state.backend(sb.handler)

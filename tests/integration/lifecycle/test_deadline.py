@@ -86,3 +86,21 @@ def test_concurrent_duplicate_requests_get_one_sandbox(slow: tuple[Daemon, Cri])
     second = cri.rt.RunPodSandbox.future(pb.RunPodSandboxRequest(config=config), timeout=30)
     assert first.result().pod_sandbox_id == second.result().pod_sandbox_id
     assert len(cri.pods()) == 1
+
+
+@pytest.mark.parametrize("slow", [["container_create.after_image"], ["container_create.after_create"]],
+                         indirect=True)
+def test_removing_the_pod_during_a_create_fails_the_create_and_leaks_nothing(slow: tuple[Daemon, Cri]) -> None:
+    d, cri = slow
+    sid = cri.run_pod()
+    creating = cri.rt.CreateContainer.future(pb.CreateContainerRequest(
+        pod_sandbox_id=sid, config=container_config("racing", command=["sleep", "1000"])), timeout=30)
+    assert wait_for(lambda: len(os.listdir(d.root / "containers")) == 1 or creating.done(), 10)
+    cri.stop_pod(sid)
+    cri.remove_pod(sid)
+    with pytest.raises(grpc.RpcError) as e:
+        creating.result()
+    # NOT_FOUND (the pod was gone first) or UNAVAILABLE (its shim shut down under the create)
+    assert e.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
+    assert cri.pods() == [] and cri.containers() == []
+    assert wait_for(lambda: os.listdir(d.root / "containers") == [] and os.listdir(d.root / "sandboxes") == [])
