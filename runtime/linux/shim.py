@@ -714,6 +714,8 @@ class Shim:
         ctx = cinit.InitContext(
             spec=c.spec, bundle=c.bundle, chan=child_chan, stdio=stdio, readonly=bool(msg.get("readonly")),
             seccomp=c.seccomp, sandbox_dir=self.config.sandbox_dir,
+            pod_shm=self.paths["shm"] if self.config.ipc == "pod" else "",
+            pod_ipc=self.pod_ns.get("ipc", ""),
             layers=tuple(str(x) for x in msg.get("layers") or []), upper=c.upper, work=c.work, start_fd=start_r,
             cgroup_procs=tuple(c.cgroup.join_files()), cgroup_mounts=self._cgroup_mounts(c.cgroup))
         pid = self._fork_in_pid_ns(c.view.pid_namespace, None, lambda: cinit.container_init(ctx))

@@ -324,3 +324,13 @@ def test_stop_signal_from_the_config(cri: Cri, signal_name: str, expected_code: 
     cri.stop(cid, timeout=10)
     assert cri.status(cid).status.exit_code == expected_code
 
+
+
+def test_containers_of_a_pod_share_its_dev_shm(cri: Cri) -> None:
+    sid = cri.run_pod()
+    a = cri.run(sid, container_config("a", command=["sleep", "1000"]))
+    b = cri.run(sid, container_config("b", command=["sleep", "1000"]))
+    assert cri.exec_sync(a, ["sh", "-c", "echo shared > /dev/shm/note"]).exit_code == 0
+    assert cri.exec_sync(b, ["cat", "/dev/shm/note"]).stdout == b"shared\n"
+    other = cri.run(cri.run_pod(), container_config("c", command=["sleep", "1000"]))
+    assert cri.exec_sync(other, ["cat", "/dev/shm/note"]).exit_code != 0   # another pod: another /dev/shm
