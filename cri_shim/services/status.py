@@ -57,7 +57,7 @@ def network_condition(config: Config) -> pb.RuntimeCondition:
 
 
 def status(config: Config, host: HostReport, store: MetadataStore, handlers: list[HandlerInfo],
-           request: pb.StatusRequest) -> pb.StatusResponse:
+           request: pb.StatusRequest, supplemental_groups_policy: bool = False) -> pb.StatusResponse:
     conditions = [runtime_condition(config, host, store), network_condition(config)]
     response = pb.StatusResponse(
         status=pb.RuntimeStatus(conditions=conditions),
@@ -67,7 +67,7 @@ def status(config: Config, host: HostReport, store: MetadataStore, handlers: lis
             for h in handlers
         ],
         # Each feature advertised here switches on kubelet behaviour and critest specs: only what works.
-        features=pb.RuntimeFeatures(supplemental_groups_policy=False),
+        features=pb.RuntimeFeatures(supplemental_groups_policy=supplemental_groups_policy),
     )
     if request.verbose:
         # crictl parses values that start with "{" as JSON objects.

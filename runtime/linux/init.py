@@ -72,6 +72,8 @@ class InitContext:
     readonly: bool = False
     seccomp: Mapping[str, Any] | None = None                      # compiled by the daemon (hex BPF)
     sandbox_dir: str = ""
+    pod_shm: str = ""                                             # the pod's /dev/shm tmpfs (pods with their own IPC)
+    pod_ipc: str = ""                                             # the pod's pinned IPC namespace
     layers: tuple[str, ...] = ()
     upper: str = ""
     work: str = ""
@@ -152,7 +154,8 @@ def _prepare(ctx: InitContext) -> _Prepared:
     without_seccomp = {**ctx.spec, "linux": {**(ctx.spec.get("linux") or {}), "seccomp": None}}
     security = _with_seccomp(process_security.prepare(without_seccomp), ctx.seccomp)
     join, flags = _namespace_plan(plan)
-    return _Prepared(plan, security, join, flags, _pod_mounts(plan, ctx.sandbox_dir))
+    return _Prepared(plan, security, join, flags,
+                     _pod_mounts(plan, ctx.sandbox_dir) + _pod_shm_mount(plan, ctx.pod_shm, ctx.pod_ipc))
 
 
 def warm_up(spec: Mapping[str, Any]) -> None:
@@ -208,6 +211,17 @@ def _pod_mounts(plan: ContainerPlan, sandbox_dir: str) -> tuple[MountPlan, ...]:
                                  flags=sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
                                  propagation=(sc.MS_PRIVATE,), data="", bind=True))
     return tuple(out)
+
+
+def _pod_shm_mount(plan: ContainerPlan, pod_shm: str, pod_ipc: str) -> tuple[MountPlan, ...]:
+    """The pod's /dev/shm over the spec's default tmpfs, for a container in the pod's IPC namespace: the
+    containers of a pod share SysV IPC there, and POSIX shm (/dev/shm) must be shared the same way."""
+    shm = next((m for m in plan.mounts if m.destination == "/dev/shm"), None)
+    if not pod_shm or not pod_ipc or shm is None or shm.type != "tmpfs" or plan.namespaces.get("ipc") != pod_ipc:
+        return ()
+    return (MountPlan(field="pod /dev/shm", destination="/dev/shm", source=pod_shm, type="bind",
+                      flags=sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, propagation=(sc.MS_PRIVATE,),
+                      data="", bind=True),)
 
 
 # ---------------------------------------------------------------- steps

@@ -25,6 +25,7 @@ with the shim's pid), and it imports nothing the zygote has not imported.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -503,7 +504,7 @@ class Shim:
     def teardown(self) -> None:
         """Undo the pod-level state (also run by the backend for a shim that died; see backend.cleanup_pod)."""
         if self.pod_init_pid:
-            _kill_and_reap(self.pod_init_pid)
+            _kill_pod_init_and_reap(self.pod_init_pid)
             self.pod_init_pid = 0
         cleanup_pod_mounts(self.config.pod_dir)
         if self.listener is not None:
@@ -611,8 +612,11 @@ class Shim:
     def op_stop_pod(self, conn: Conn, _msg: dict[str, Any]) -> None:
         self.stopped = True
         if self.pod_init_pid:
-            _kill_and_reap(self.pod_init_pid)
-            self.pod_init_pid = 0
+            # Not waited for here: a dying namespace init waits until every other process of the namespace is
+            # reaped, and some (a container init being created, an exec) are the shim's own children, which only
+            # this loop reaps. _reap collects the init (and clears pod_init_pid) like any other child.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pod_init_pid, signal.SIGKILL)
         conn.send(proto.ok())
 
     def op_shutdown(self, conn: Conn, _msg: dict[str, Any]) -> None:
@@ -710,6 +714,8 @@ class Shim:
         ctx = cinit.InitContext(
             spec=c.spec, bundle=c.bundle, chan=child_chan, stdio=stdio, readonly=bool(msg.get("readonly")),
             seccomp=c.seccomp, sandbox_dir=self.config.sandbox_dir,
+            pod_shm=self.paths["shm"] if self.config.ipc == "pod" else "",
+            pod_ipc=self.pod_ns.get("ipc", ""),
             layers=tuple(str(x) for x in msg.get("layers") or []), upper=c.upper, work=c.work, start_fd=start_r,
             cgroup_procs=tuple(c.cgroup.join_files()), cgroup_mounts=self._cgroup_mounts(c.cgroup))
         pid = self._fork_in_pid_ns(c.view.pid_namespace, None, lambda: cinit.container_init(ctx))
@@ -1277,6 +1283,23 @@ def _same_file(a: int, b: int) -> bool:
 def _set_nonblocking(fd: int) -> None:
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
+
+def _kill_pod_init_and_reap(init_pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL a PID namespace's init and reap it, reaping meanwhile every other child of ours that dies with the
+    namespace (the init's own exit waits for them: a plain waitpid(init) would deadlock)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(init_pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == init_pid:
+            return
+        if pid == 0:
+            time.sleep(0.005)
 
 
 def _kill_and_reap(pid: int) -> None:

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from tests.conftest import stop_and_clean
-from tests.harness.daemon import Daemon, make_workdir, new_daemon
+from tests.harness.daemon import TMP_BASE, Daemon, make_workdir, new_daemon
+from tests.harness.leaks import cgroup_tag
 from tests.harness.registry import LocalRegistry, start_registry
 from tests.harness.testimages import push_all
 
@@ -93,7 +94,10 @@ def main() -> int:
     critest = args.critest.resolve()
     registry, hosts = start_mirror()
     try:
-        daemon = new_daemon({"registry": {"config_path": str(hosts)}}, log_level="info").start()
+        # Pods critest makes without a cgroup parent go under one named after the test base (the leak check's tag).
+        daemon = new_daemon({"registry": {"config_path": str(hosts)},
+                             "lifecycle": {"cgroup_parent": f"/cri-shim-{cgroup_tag(TMP_BASE)}"}},
+                            log_level="info").start()
     except BaseException:
         registry.stop()
         shutil.rmtree(hosts, ignore_errors=True)
