@@ -33,7 +33,7 @@ from cri_shim.server.runtime_service import RuntimeService
 from cri_shim.services import container_exits, restart
 from cri_shim.services.failpoints import Failpoints
 from cri_shim.services.phases import PhaseTimers
-from cri_shim.network.cni import CniNetwork
+from cri_shim.network.manager import PodNetworkManager
 from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.services.status import HandlerInfo
 from cri_shim.services.stream_target import LifecycleStreamTarget
@@ -148,8 +148,7 @@ class Daemon:
         for sub in ("sandboxes", "containers"):
             _mkdir(cfg.root_dir / sub, 0o700, sub)
         metrics = Metrics()
-        network = CniNetwork(Path(cfg.network.cni_conf_dir), cfg.network.cni_bin_dirs, cfg.root_dir / "cni",
-                             registry=metrics.registry)
+        network = PodNetworkManager(cfg, store, registry=metrics.registry)
         handlers = self._handlers()
         lifecycle = RuntimeState(
             config=cfg, images=images, handlers=handlers, network=network,
