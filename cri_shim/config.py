@@ -21,6 +21,7 @@ from typing import Any
 
 from cri_shim.errors import ConfigError, InvalidArgument
 from cri_shim.images import platform, reference
+from cri_shim.services.failpoints import parse_failpoints
 
 DEFAULT_CONFIG_FILE = Path("/etc/cri-shim/config.toml")
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
@@ -71,8 +72,6 @@ class NetworkConfig:
                                     "other hosts without routes back to the pod subnet.", True)
     nft_table: str = _doc("nftables table (family ip) holding the built-in network's NAT and hostPort rules.",
                           "cri_shim")
-    host_resolv_conf: str = _doc("The host's resolv.conf, copied into pods that set no DNS config.",
-                                 "/etc/resolv.conf")
 
 
 @dataclass(frozen=True)
@@ -108,6 +107,19 @@ class ImagesConfig:
 
 
 @dataclass(frozen=True)
+class LifecycleConfig:
+    cgroup_parent: str = _doc("cgroupfs parent of pods whose PodSandboxConfig has no cgroup_parent (crictl, critest): "
+                              "each such pod gets <cgroup_parent>/<sandbox id>. kubelet always sends its own "
+                              "(/kubepods/...). Must contain \"cri-shim\" so the pods are identifiable.",
+                              "/cri-shim")
+    creation_claim_timeout: float = _doc("Seconds a sandbox or container whose creator's deadline expired waits "
+                                         "for kubelet's retry (same metadata) before it is cleaned up.", 120.0)
+    failpoints: str = _doc('TEST ONLY: "phase=action,..." (actions: error, kill, delay:<s>) to inject failures '
+                           'into RunPodSandbox/CreateContainer/StartContainer/StopContainer/Remove*. "" = off; '
+                           "the CRI_SHIM_FAILPOINTS environment variable works the same way.", "")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -115,6 +127,7 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
 
     @property
     def socket_path(self) -> Path:
@@ -215,6 +228,7 @@ def _validate(config: Config, source: str) -> None:
     _validate_streaming(config.streaming, source)
     _validate_network(config.network, source)
     _validate_images(config, source)
+    _validate_lifecycle(config.lifecycle, source)
     if config.runtime.cgroup_driver not in CGROUP_DRIVERS:
         raise ConfigError(f"{source}: runtime.cgroup_driver: must be one of {', '.join(CGROUP_DRIVERS)}, "
                           f"got {config.runtime.cgroup_driver!r}")
@@ -243,9 +257,8 @@ _IFNAME_FORBIDDEN = set("/:\"' \t\n\0")
 def _validate_network(n: NetworkConfig, source: str) -> None:
     if n.mode not in NETWORK_MODES:
         raise ConfigError(f"{source}: network.mode: must be one of {', '.join(NETWORK_MODES)}, got {n.mode!r}")
-    for key, value in (("cni_conf_dir", n.cni_conf_dir), ("host_resolv_conf", n.host_resolv_conf)):
-        if not Path(value).is_absolute():
-            raise ConfigError(f"{source}: network.{key}: must be an absolute path, got {value!r}")
+    if not Path(n.cni_conf_dir).is_absolute():
+        raise ConfigError(f"{source}: network.cni_conf_dir: must be an absolute path, got {n.cni_conf_dir!r}")
     for d in n.cni_bin_dirs:
         if not Path(d).is_absolute():
             raise ConfigError(f"{source}: network.cni_bin_dirs: {d!r} is not an absolute path")
@@ -307,6 +320,21 @@ def _validate_images(config: Config, source: str) -> None:
             reference.parse_lookup(name)
         except InvalidArgument as e:
             raise ConfigError(f"{source}: images.pinned_images: {e.message}") from None
+
+
+def _validate_lifecycle(lc: LifecycleConfig, source: str) -> None:
+    parent = lc.cgroup_parent
+    if not parent.startswith("/") or parent == "/" or ".." in parent.split("/") or "cri-shim" not in parent:
+        raise ConfigError(f"{source}: lifecycle.cgroup_parent: must be an absolute cgroup path below / that "
+                          f"contains \"cri-shim\", got {parent!r}")
+    if lc.creation_claim_timeout < 0:
+        raise ConfigError(f"{source}: lifecycle.creation_claim_timeout: must be >= 0 seconds, "
+                          f"got {lc.creation_claim_timeout}")
+    if lc.failpoints:
+        try:
+            parse_failpoints(lc.failpoints)
+        except ValueError as e:
+            raise ConfigError(f"{source}: lifecycle.failpoints: {e}") from None
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:

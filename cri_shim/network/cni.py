@@ -32,7 +32,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from cri_shim.errors import FailedPrecondition, Internal
+from cri_shim.errors import FailedPrecondition, Unavailable
 from cri_shim.network.cni_config import NetworkConfigList, find_plugin
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,12 @@ _NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _CONTAINER_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 
 
-class CniPluginError(Internal):
-    """A plugin failed; the message names the plugin, the command and the plugin's own error."""
+class CniPluginError(Unavailable):
+    """A plugin failed; the message names the plugin, the command and the plugin's own error.
+
+    UNAVAILABLE: most plugin failures are conditions of the node (IPAM exhausted, a bridge being
+    reconfigured) that a retry by kubelet can get past.
+    """
 
 
 @dataclass(frozen=True)
@@ -146,8 +150,14 @@ class CniRunner:
         # A netns that is gone is passed as "": plugins then release only what lives outside it (IPAM, NAT).
         target = entry if netns_present else _without_netns(entry)
         prev = entry.result if version_tuple(str(config.get("cniVersion", ""))) >= (0, 4, 0) else None
+        errors = []
         for plugin in reversed(config.get("plugins") or []):
-            await self._invoke("DEL", config, plugin, target, prev)
+            try:
+                await self._invoke("DEL", config, plugin, target, prev)
+            except CniPluginError as e:  # keep deleting: one plugin's failure must not leak the others' state
+                errors.append(e)
+        if errors:
+            raise errors[0]  # the cache entry stays, so the retried DEL has everything it needs
         await asyncio.to_thread(self._remove_cache, entry)
         return True
 

@@ -1,6 +1,6 @@
 """Helpers for the pod networking tests: a NetworkManager on private names, pods, servers, clients.
 
-Every global name here contains "cstnet" and every subnet is 10.213-10.215.x or 10.231.x,
+Every global name here contains "cstnet" and every subnet is 10.213.x or 10.231-10.233.x,
 so suites of other branches running at the same time on this machine never
 see our bridges, tables or addresses.
 """
@@ -25,10 +25,9 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry
 from pyroute2 import IPRoute
 
-from cri_shim.config import NetworkConfig
-from cri_shim.network.manager import NetworkManager
-from cri_shim.network.podfiles import HostFiles
-from cri_shim.network.types import DnsConfig, PodNetworkSpec, PodNetworkStatus, PortMapping
+from cri_shim.config import Config, NetworkConfig, ServerConfig
+from cri_shim.network.manager import PodNetworkManager
+from cri_shim.network.types import DnsConfig, PodNetworkSpec, PortMapping
 from cri_shim.store.db import MetadataStore
 from runtime.linux import netns
 
@@ -37,20 +36,21 @@ T = TypeVar("T")
 SUBNET = "10.213.0.0/16"
 BRIDGE = "cstnet0"
 TABLE = "cstnet"
-CNI_SUBNET = "10.214.0.0/16"
+CNI_SUBNET = "10.232.0.0/16"
 CNI_BRIDGE = "cstnetcni0"
 CNI_NETWORK = "cstnet-cni"
-OUTSIDE_HOST_IP = "10.215.0.1"   # the host's end of the link to a simulated second host
-OUTSIDE_PEER_IP = "10.215.0.2"
+OUTSIDE_HOST_IP = "10.233.0.1"   # the host's end of the link to a simulated second host
+OUTSIDE_PEER_IP = "10.233.0.2"
 OUTSIDE_LINK = "cstnetx0"
 DEBIAN_CNI = "/usr/lib/cni"
 
 
-def network_config(workdir: Path, **overrides: Any) -> NetworkConfig:
-    base = NetworkConfig(cni_conf_dir=str(workdir / "net.d"), cni_bin_dirs=[str(workdir / "bin"), DEBIAN_CNI],
-                         mode="builtin", builtin_subnet=SUBNET, builtin_bridge=BRIDGE, nft_table=TABLE,
-                         cni_plugin_timeout=20.0)
-    return replace(base, **overrides)
+def network_config(workdir: Path, **overrides: Any) -> Config:
+    net = NetworkConfig(cni_conf_dir=str(workdir / "net.d"), cni_bin_dirs=[str(workdir / "bin"), DEBIAN_CNI],
+                        mode="builtin", builtin_subnet=SUBNET, builtin_bridge=BRIDGE, nft_table=TABLE,
+                        cni_plugin_timeout=20.0)
+    return Config(server=ServerConfig(root=str(workdir / "root"), state=str(workdir / "state")),
+                  network=replace(net, **overrides))
 
 
 def bridge_conflist(workdir: Path, extra_plugins: list[dict[str, Any]] | None = None) -> str:
@@ -64,51 +64,73 @@ def bridge_conflist(workdir: Path, extra_plugins: list[dict[str, Any]] | None = 
     return json.dumps({"cniVersion": "1.0.0", "name": CNI_NETWORK, "plugins": plugins}, indent=1)
 
 
+@dataclass(frozen=True)
+class Pod:
+    spec: PodNetworkSpec
+    netns_path: Path
+    ips: tuple[str, ...]
+    network: str
+
+    @property
+    def ip(self) -> str:
+        return self.ips[0]
+
+
 @dataclass
 class Env:
-    """One event loop, one store and one NetworkManager for a test module (or a test)."""
+    """One event loop, one store and one PodNetworkManager for a test module (or a test).
+
+    `setup` does what RunPodSandbox does around the manager: pin a netns, then attach it.
+    """
 
     workdir: Path
-    config: NetworkConfig
+    config: Config
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
     store: MetadataStore = field(init=False)
-    manager: NetworkManager = field(init=False)
+    manager: PodNetworkManager = field(init=False)
     pods: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        (self.workdir / "net.d").mkdir(exist_ok=True)
-        (self.workdir / "bin").mkdir(exist_ok=True)
-        (self.workdir / "pods").mkdir(exist_ok=True)
-        self.host_resolv = self.workdir / "host-resolv.conf"
-        self.host_resolv.write_text("nameserver 192.0.2.53\nsearch host.example\n")
+        for sub in ("net.d", "bin", "root", "state/netns"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self.store = MetadataStore.open(self.workdir / "meta.db")
         self.manager = self.new_manager()
 
-    def new_manager(self, **overrides: Any) -> NetworkManager:
-        config = replace(self.config, **overrides) if overrides else self.config
+    def new_manager(self, **overrides: Any) -> PodNetworkManager:
+        config = replace(self.config, network=replace(self.config.network, **overrides)) if overrides else self.config
         self.registry = CollectorRegistry(auto_describe=True)
-        return NetworkManager(config, self.workdir / "root", self.workdir / "state", self.store, self.registry,
-                              host_files=HostFiles(resolv_conf=self.host_resolv, hosts=Path("/etc/hosts")))
+        return PodNetworkManager(config, self.store, self.registry)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
+    def netns_path(self, sandbox_id: str) -> Path:
+        return self.workdir / "state" / "netns" / sandbox_id
+
     def spec(self, name: str, ports: tuple[PortMapping, ...] = (), dns: DnsConfig | None = None,
              **extra: Any) -> PodNetworkSpec:
-        sandbox_id = secrets.token_hex(32)
-        sandbox_dir = self.workdir / "pods" / sandbox_id[:12]
-        sandbox_dir.mkdir()
-        return PodNetworkSpec(sandbox_id=sandbox_id, name=name, namespace="cstnet", uid=secrets.token_hex(8),
-                              hostname=name, sandbox_dir=sandbox_dir, port_mappings=ports,
-                              dns=dns or DnsConfig(), **extra)
+        return PodNetworkSpec(sandbox_id=secrets.token_hex(32), name=name, namespace="cstnet",
+                              uid=secrets.token_hex(8), hostname=name, port_mappings=ports, dns=dns or DnsConfig(),
+                              **extra)
 
-    def setup(self, spec: PodNetworkSpec) -> PodNetworkStatus:
+    def setup(self, spec: PodNetworkSpec) -> Pod:
+        """Pin a netns and attach it; on failure the netns is removed again (as RunPodSandbox's undo does)."""
+        path = self.netns_path(spec.sandbox_id)
         self.pods.append(spec.sandbox_id)
-        return self.run(self.manager.setup(spec))
+        netns.create(path)
+        try:
+            st = self.run(self.manager.setup_pod(spec, path))
+        except BaseException:
+            netns.remove(path)
+            raise
+        return Pod(spec, path, st.ips, st.network)
 
     def teardown(self, sandbox_id: str) -> None:
-        self.run(self.manager.teardown(sandbox_id))
+        """StopPodSandbox's part: detach, then unpin."""
+        path = self.netns_path(sandbox_id)
+        self.run(self.manager.teardown_pod(sandbox_id, path))
+        netns.remove(path)
 
     def close(self) -> None:
         for sandbox_id in self.pods:
@@ -244,7 +266,7 @@ def nft_elements(table: str = TABLE) -> list[Any]:
 
 def host_address() -> str:
     """A global IPv4 address of this host outside the test subnets (e.g. eth0's)."""
-    tests = [ipaddress.ip_network(n) for n in (SUBNET, CNI_SUBNET, "10.215.0.0/16", "10.231.0.0/16")]
+    tests = [ipaddress.ip_network(n) for n in (SUBNET, CNI_SUBNET, "10.233.0.0/16", "10.231.0.0/16")]
     with IPRoute() as ipr:
         for a in ipr.get_addr(family=2):
             ip = ipaddress.ip_address(a.get("address"))

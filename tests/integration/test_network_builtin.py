@@ -11,7 +11,7 @@ import pytest
 
 from cri_shim.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from cri_shim.network.builtin import veth_name
-from cri_shim.network.types import DnsConfig, PortMapping, PortProtocol
+from cri_shim.network.types import PortMapping, PortProtocol
 from runtime.linux import netns
 from tests.harness.daemon import make_workdir
 from tests.integration.network_env import (
@@ -35,7 +35,7 @@ def env() -> Iterator[Env]:
 
 def assert_pod_gone(env: Env, sandbox_id: str, ip: str) -> None:
     assert not link_exists(veth_name(sandbox_id)), "the pod's veth is still there"
-    assert not env.manager.netns_path(sandbox_id).exists(), "the netns pin is still there"
+    assert not env.netns_path(sandbox_id).exists(), "the netns pin is still there"
     assert env.store.query("SELECT * FROM network_ips WHERE sandbox_id = ?", (sandbox_id,)) == []
     assert env.store.query("SELECT * FROM network_hostports WHERE sandbox_id = ?", (sandbox_id,)) == []
     assert all(ip not in str(e) for e in nft_elements()), nft_elements()
@@ -60,7 +60,6 @@ def test_two_pods_reach_each_other_and_the_host_reaches_both(env: Env) -> None:
 def test_pod_interface_address_and_default_route(env: Env) -> None:
     spec = env.spec("routes")
     st = env.setup(spec)
-    assert st.netns_path is not None
     addrs = subprocess.run(["nsenter", f"--net={st.netns_path}", "ip", "-4", "-o", "addr"], capture_output=True,
                            text=True, check=True).stdout
     assert any(line.split()[1] == "eth0" and f"inet {st.ip}/16" in line for line in addrs.splitlines()), addrs
@@ -72,14 +71,13 @@ def test_pod_interface_address_and_default_route(env: Env) -> None:
     ping = subprocess.run(["nsenter", f"--net={st.netns_path}", "busybox", "ping", "-c", "1", "-W", "3",
                            "10.213.0.1"], capture_output=True, text=True)
     assert ping.returncode == 0, ping.stdout + ping.stderr
-    env.run(env.manager.check(spec.sandbox_id))
+    env.run(env.manager.check(spec.sandbox_id, st.netns_path))
     env.teardown(spec.sandbox_id)
 
 
 def test_hostport_reachable_on_loopback_host_address_and_from_another_host(env: Env) -> None:
     spec = env.spec("hostport", ports=(PortMapping(TCP, 80, 18080), PortMapping(UDP, 5353, 18053)))
     st = env.setup(spec)
-    assert st.netns_path is not None
     with httpd(st.netns_path, env.workdir / "www-hp", "published"), udp_echo(st.netns_path, 5353):
         assert http_get("127.0.0.1", 18080) == "published"
         assert http_get(host_address(), 18080) == "published"
@@ -95,7 +93,6 @@ def test_hostport_reachable_on_loopback_host_address_and_from_another_host(env: 
 def test_hostport_with_host_ip_listens_only_on_that_address(env: Env) -> None:
     spec = env.spec("hostip", ports=(PortMapping(TCP, 80, 18081, host_ip="127.0.0.1"),))
     st = env.setup(spec)
-    assert st.netns_path is not None
     with httpd(st.netns_path, env.workdir / "www-ip", "loopback only"):
         assert http_get("127.0.0.1", 18081) == "loopback only"
         with pytest.raises(OSError):   # nothing is published on the host's other addresses
@@ -111,7 +108,7 @@ def test_hostport_taken_by_another_pod_is_refused_and_nothing_is_left(env: Env) 
         second = env.spec("intruder", ports=(mapping,))
         with pytest.raises(AlreadyExists, match=r"port_mappings\[0\]: host port 18090/tcp .* cstnet/owner"):
             env.setup(second)
-        assert not env.manager.netns_path(second.sandbox_id).exists()
+        assert not env.netns_path(second.sandbox_id).exists()
         assert env.store.query("SELECT * FROM network_ips WHERE sandbox_id = ?", (second.sandbox_id,)) == []
         assert set(Path("/sys/class/net").iterdir()) == links_before
     # The same port over UDP is another port: allowed.
@@ -125,13 +122,12 @@ def test_ipv6_host_ip_is_refused_by_the_ipv4_builtin_network(env: Env) -> None:
     spec = env.spec("v6", ports=(PortMapping(TCP, 80, 18091, host_ip="::1"),))
     with pytest.raises(InvalidArgument, match=r"port_mappings\[0\].host_ip: ::1 is IPv6"):
         env.setup(spec)
-    assert not env.manager.netns_path(spec.sandbox_id).exists()
+    assert not env.netns_path(spec.sandbox_id).exists()
 
 
 def test_teardown_is_idempotent_and_tolerates_a_vanished_netns(env: Env) -> None:
     spec = env.spec("vanish", ports=(PortMapping(TCP, 80, 18092),))
     st = env.setup(spec)
-    assert st.netns_path is not None
     netns.remove(st.netns_path)             # e.g. removed by hand or by a crash half-way
     env.teardown(spec.sandbox_id)
     env.teardown(spec.sandbox_id)
@@ -145,7 +141,6 @@ def test_ips_are_never_handed_out_twice_and_survive_a_restart(env: Env) -> None:
     assert len(set(ips)) == len(ips)
     published = env.spec("survivor", ports=(PortMapping(TCP, 80, 18093),))
     st = env.setup(published)
-    assert st.netns_path is not None
     # A "restarted daemon" whose nftables maps were lost (e.g. a firewall reload): a new manager on the
     # same store rebuilds them from the store.
     subprocess.run(["nft", "flush", "map", "ip", TABLE, "hostports_any"], check=True)
@@ -165,27 +160,16 @@ def test_ips_are_never_handed_out_twice_and_survive_a_restart(env: Env) -> None:
     assert env.store.query("SELECT * FROM network_ips") == []
 
 
-def test_pod_files_hold_dns_hostname_and_the_pod_ip(env: Env) -> None:
-    dns = DnsConfig(servers=("10.10.10.10",), searches=("google.com",), options=("ndots:8",))
-    spec = env.spec("test-hostname", dns=dns)
-    st = env.setup(spec)
-    assert st.files["/etc/resolv.conf"].read_text() == "search google.com\nnameserver 10.10.10.10\noptions ndots:8\n"
-    assert st.files["/etc/hostname"].read_text() == "test-hostname\n"
-    hosts = st.files["/etc/hosts"].read_text()
-    assert "127.0.0.1\tlocalhost" in hosts and f"{st.ip}\ttest-hostname" in hosts
-    plain = env.spec("host-dns")
-    st2 = env.setup(plain)
-    assert st2.files["/etc/resolv.conf"].read_text() == env.host_resolv.read_text()
-    env.teardown(spec.sandbox_id)
-    env.teardown(plain.sandbox_id)
-
-
-def test_host_network_pod_gets_files_but_no_netns(env: Env) -> None:
-    spec = env.spec("hostnet", host_network=True)
-    st = env.setup(spec)
-    assert st.netns_path is None and st.ips == () and st.network == "host"
-    assert st.files["/etc/hosts"].read_text() == Path("/etc/hosts").read_text()
-    assert not env.manager.netns_path(spec.sandbox_id).exists()
+def test_host_network_pod_gets_no_address() -> None:
+    workdir = make_workdir("nethost")
+    e = Env(workdir, network_config(workdir))
+    try:
+        st = e.run(e.manager.setup_pod(e.spec("hostnet", host_network=True), workdir / "unused"))
+        assert st.ips == () and st.network == "host"
+        assert e.store.query("SELECT * FROM network_ips") == []
+    finally:
+        e.close()
+        remove_workdir(workdir)
 
 
 def test_gc_releases_networks_of_unknown_sandboxes(env: Env) -> None:
@@ -193,6 +177,7 @@ def test_gc_releases_networks_of_unknown_sandboxes(env: Env) -> None:
     st_keep, st_lost = env.setup(keep), env.setup(lost)
     released = env.run(env.manager.gc({keep.sandbox_id}))
     assert released == [lost.sandbox_id]
+    netns.remove(st_lost.netns_path)   # the pin is the lifecycle's leftover to remove (restart.py does)
     assert_pod_gone(env, lost.sandbox_id, st_lost.ip)
     assert link_exists(veth_name(keep.sandbox_id))
     env.teardown(keep.sandbox_id)
@@ -212,7 +197,7 @@ def test_a_subnet_overlapping_a_host_network_is_refused_before_anything_is_made(
                                                      r"10.231.1.0/24 via cstnetdum0"):
             e.setup(spec)
         assert not link_exists("cstnetov0")
-        assert not e.manager.netns_path(spec.sandbox_id).exists()
+        assert not e.netns_path(spec.sandbox_id).exists()
         assert e.store.query("SELECT * FROM network_ips") == []
         e.close()
     finally:
