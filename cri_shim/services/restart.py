@@ -77,6 +77,8 @@ async def recover(state: RuntimeState) -> RecoveryReport:
         if now is not None and now.state is ContainerState.EXITED and was is not ContainerState.EXITED:
             report.exits_recorded += 1
     await _roll_back_creating(state, report)
+    # Before the netns pins go: a CNI DEL of a leftover still finds its namespace.
+    await _guarded(_release_leftover_networks(state, report), "network leftovers")
     await asyncio.to_thread(_remove_leftovers, state, report)
     report.seconds = time.monotonic() - started
     log.info("recovered %d sandboxes and %d containers in %.0fms (%d exits recorded, %d half-created objects "
@@ -141,6 +143,11 @@ async def _guarded(work: Awaitable[None], what: str) -> None:
         await work
     except Exception as e:  # noqa: BLE001 - one stuck object must not stop the daemon from starting
         log.error("restart recovery: cannot roll back %s: %s (it stays, NOTREADY, for a later removal)", what, e)
+
+
+async def _release_leftover_networks(state: RuntimeState, report: RecoveryReport) -> None:
+    released = await state.network.gc({sb.id for sb in state.sandboxes.values()})
+    report.leftovers_removed.extend(f"network of sandbox {sid}" for sid in released)
 
 
 def _remove_leftovers(state: RuntimeState, report: RecoveryReport) -> None:
