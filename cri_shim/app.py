@@ -33,7 +33,7 @@ from cri_shim.server.runtime_service import RuntimeService
 from cri_shim.services import container_exits, restart
 from cri_shim.services.failpoints import Failpoints
 from cri_shim.services.phases import PhaseTimers
-from cri_shim.services.pod_network import LoopbackOnlyNetwork
+from cri_shim.network.manager import PodNetworkManager
 from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.services.status import HandlerInfo
 from cri_shim.services.stream_target import LifecycleStreamTarget
@@ -148,9 +148,10 @@ class Daemon:
         for sub in ("sandboxes", "containers"):
             _mkdir(cfg.root_dir / sub, 0o700, sub)
         metrics = Metrics()
+        network = PodNetworkManager(cfg, store, registry=metrics.registry)
         handlers = self._handlers()
         lifecycle = RuntimeState(
-            config=cfg, images=images, handlers=handlers, network=LoopbackOnlyNetwork(),
+            config=cfg, images=images, handlers=handlers, network=network,
             sandboxes=RecordStore(store, sandbox_store.TABLE, sandbox_store.Sandbox.from_row),
             containers=RecordStore(store, container_store.TABLE, container_store.Container.from_row),
             failpoints=Failpoints.from_config(cfg.lifecycle.failpoints), phases=PhaseTimers(metrics.registry))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import re
 import tomllib
 import types
 import typing
@@ -57,6 +58,22 @@ class NetworkConfig:
                              "/etc/cni/net.d")
     cni_bin_dirs: list[str] = _doc("Directories searched for CNI plugin binaries, in order.",
                                    ["/opt/cni/bin", "/usr/lib/cni"])
+    mode: str = _doc('Which network pods get: "auto" = the CNI network when a usable config exists, else the '
+                     'built-in bridge; "cni" = CNI only (NetworkReady is false without a config); "builtin" = '
+                     "always the built-in bridge.", "auto")
+    cni_plugin_timeout: float = _doc("Seconds one CNI plugin call (ADD, DEL, CHECK) may take before it is killed.",
+                                     60.0)
+    builtin_subnet: str = _doc("IPv4 subnet of the built-in network; the first address is the bridge's "
+                               "(the pods' gateway), the others go to pods. Must not overlap a network of the host.",
+                               "10.88.0.0/16")
+    builtin_bridge: str = _doc("Name of the built-in network's bridge (created when the first pod needs it).",
+                               "crishim0")
+    builtin_masquerade: bool = _doc("Masquerade (SNAT) pod traffic leaving the built-in network, so pods reach "
+                                    "other hosts without routes back to the pod subnet.", True)
+    nft_table: str = _doc("nftables table (family ip) holding the built-in network's NAT and hostPort rules.",
+                          "cri_shim")
+    host_resolv_conf: str = _doc("The host's resolv.conf, copied into pods that set no DNS config.",
+                                 "/etc/resolv.conf")
 
 
 @dataclass(frozen=True)
@@ -211,6 +228,7 @@ def _validate(config: Config, source: str) -> None:
     if s.metrics_address:
         parse_host_port(s.metrics_address, f"{source}: server.metrics_address")
     _validate_streaming(config.streaming, source)
+    _validate_network(config.network, source)
     _validate_images(config, source)
     _validate_lifecycle(config.lifecycle, source)
     if config.runtime.cgroup_driver not in CGROUP_DRIVERS:
@@ -231,6 +249,56 @@ def _validate_streaming(st: StreamingConfig, source: str) -> None:
             raise ConfigError(f"{source}: streaming.{key}: must be > 0 seconds, got {getattr(st, key)}")
     if st.max_tokens < 1:
         raise ConfigError(f"{source}: streaming.max_tokens: must be >= 1, got {st.max_tokens}")
+
+
+NETWORK_MODES = ("auto", "cni", "builtin")
+IFNAME_MAX = 15  # IFNAMSIZ - 1
+_IFNAME_FORBIDDEN = set("/:\"' \t\n\0")
+
+
+def _validate_network(n: NetworkConfig, source: str) -> None:
+    if n.mode not in NETWORK_MODES:
+        raise ConfigError(f"{source}: network.mode: must be one of {', '.join(NETWORK_MODES)}, got {n.mode!r}")
+    for key, value in (("cni_conf_dir", n.cni_conf_dir), ("host_resolv_conf", n.host_resolv_conf)):
+        if not Path(value).is_absolute():
+            raise ConfigError(f"{source}: network.{key}: must be an absolute path, got {value!r}")
+    for d in n.cni_bin_dirs:
+        if not Path(d).is_absolute():
+            raise ConfigError(f"{source}: network.cni_bin_dirs: {d!r} is not an absolute path")
+    if n.cni_plugin_timeout <= 0:
+        raise ConfigError(f"{source}: network.cni_plugin_timeout: must be > 0 seconds, got {n.cni_plugin_timeout}")
+    problem = builtin_subnet_problem(n.builtin_subnet)
+    if problem:
+        raise ConfigError(f"{source}: network.builtin_subnet: {problem}")
+    b = n.builtin_bridge
+    if not b or len(b) > IFNAME_MAX or b in (".", "..") or set(b) & _IFNAME_FORBIDDEN:
+        raise ConfigError(f"{source}: network.builtin_bridge: {b!r} is not a valid interface name "
+                          f"(1-{IFNAME_MAX} characters, no '/', ':', quotes or spaces)")
+    if not _NFT_NAME.match(n.nft_table):
+        raise ConfigError(f"{source}: network.nft_table: {n.nft_table!r} is not a valid nftables table name "
+                          "(a letter, then letters, digits or '_', at most 64 characters)")
+
+
+_NFT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+def builtin_subnet_problem(text: str) -> str:
+    """Why `text` cannot be the built-in network's subnet, or "" when it can."""
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        return f"{text!r} is not an IPv4 subnet in CIDR form (e.g. 10.88.0.0/16): {e}"
+    if not isinstance(net, ipaddress.IPv4Network):
+        return f"{text!r} is IPv6; the built-in network is IPv4 only (use a CNI config for IPv6)"
+    if not 8 <= net.prefixlen <= 30:
+        return f"{text!r}: the prefix length must be 8-30 (room for a gateway and pods), got /{net.prefixlen}"
+    for reserved, what in ((ipaddress.ip_network("127.0.0.0/8"), "loopback"),
+                           (ipaddress.ip_network("169.254.0.0/16"), "link-local"),
+                           (ipaddress.ip_network("224.0.0.0/3"), "multicast/reserved"),
+                           (ipaddress.ip_network("0.0.0.0/8"), "this-network")):
+        if net.overlaps(reserved):
+            return f"{text!r} overlaps the {what} range {reserved}"
+    return ""
 
 
 def _validate_images(config: Config, source: str) -> None:

@@ -32,7 +32,7 @@ class RuntimeService:
 
     async def Status(self, request: pb.StatusRequest, context: Ctx) -> pb.StatusResponse:
         ctx = self.ctx
-        return status.status(ctx.config, ctx.host, ctx.store, ctx.handlers, request,
+        return status.status(ctx.config, ctx.host, ctx.store, ctx.handlers, self.state.network, request,
                              supplemental_groups_policy=ctx.supplemental_groups_policy)
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Ctx) -> pb.RuntimeConfigResponse:

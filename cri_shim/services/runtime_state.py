@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cri_shim.api import api_pb2 as pb
+from cri_shim.network.manager import NetworkStatus
 from cri_shim.config import Config
 from cri_shim.errors import NotFound
 from cri_shim.images.store import ImageStore
@@ -49,6 +50,10 @@ class PodNetwork(Protocol):
 
     async def teardown(self, sandbox_id: str, netns_path: str, config: pb.PodSandboxConfig) -> None:
         """Detach and release everything `setup` made (IPs, links, host ports). Idempotent."""
+        ...
+
+    def status(self) -> NetworkStatus:
+        """Whether pods can get a network now (NetworkReady), with an actionable message."""
         ...
 
 
