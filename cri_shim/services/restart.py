@@ -13,8 +13,8 @@ Run once at startup, before the socket is bound:
    and each sandbox: a pod whose monitor is gone becomes NOTREADY;
 4. roll back every CREATING row (a crash in the middle of RunPodSandbox or
    CreateContainer): nothing half-created stays visible;
-5. remove leftovers that no record owns: netns pins, sandbox and container
-   directories.
+5. remove leftovers that no record owns: pod networks (IPs, veths, hostPorts,
+   CNI results), netns pins, sandbox and container directories.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ async def recover(state: RuntimeState) -> RecoveryReport:
         if now is not None and now.state is ContainerState.EXITED and was is not ContainerState.EXITED:
             report.exits_recorded += 1
     await _roll_back_creating(state, report)
-    # Before the netns pins go: a CNI DEL of a leftover still finds its namespace.
-    await _guarded(_release_leftover_networks(state, report), "network leftovers")
+    report.leftovers_removed += await state.network.gc(
+        {sb.id for sb in state.sandboxes.values() if sb.network_ready})
     await asyncio.to_thread(_remove_leftovers, state, report)
     report.seconds = time.monotonic() - started
     log.info("recovered %d sandboxes and %d containers in %.0fms (%d exits recorded, %d half-created objects "
@@ -143,11 +143,6 @@ async def _guarded(work: Awaitable[None], what: str) -> None:
         await work
     except Exception as e:  # noqa: BLE001 - one stuck object must not stop the daemon from starting
         log.error("restart recovery: cannot roll back %s: %s (it stays, NOTREADY, for a later removal)", what, e)
-
-
-async def _release_leftover_networks(state: RuntimeState, report: RecoveryReport) -> None:
-    released = await state.network.gc({sb.id for sb in state.sandboxes.values()})
-    report.leftovers_removed.extend(f"network of sandbox {sid}" for sid in released)
 
 
 def _remove_leftovers(state: RuntimeState, report: RecoveryReport) -> None:

@@ -57,7 +57,7 @@ class PodNetwork(Protocol):
         ...
 
     async def gc(self, known_sandboxes: set[str]) -> list[str]:
-        """Release IPs, hostPorts and CNI state of sandboxes no record owns (crash leftovers); their ids."""
+        """Release the network of every sandbox not in `known_sandboxes` (crash leftovers); their ids."""
         ...
 
 
