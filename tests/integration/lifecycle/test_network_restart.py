@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from tests.harness.lifecycle_env import pod_config
 from tests.integration.lifecycle.test_restart import Restartable, rs  # noqa: F401 - the fixture
 
-HOST_LOCAL = Path("/var/lib/cni/networks/cri-shim-test")   # the harness's bridge network keeps its IPs here
-
-
-def holders() -> dict[str, str]:
-    """host-local's reservations: IP -> the container (sandbox) id holding it."""
-    if not HOST_LOCAL.is_dir():
+def holders(rs: Restartable) -> dict[str, str]:
+    """host-local's reservations on the lifecycle network: IP -> the container (sandbox) id holding it."""
+    assert rs.daemon is not None
+    d = rs.daemon.workdir / "ipam" / "cst-lifecycle"     # the lifecycle conflist's dataDir
+    if not d.is_dir():
         return {}
-    return {p.name: p.read_text().split()[0] for p in HOST_LOCAL.iterdir() if p.name[0].isdigit()}
+    return {p.name: p.read_text().split()[0] for p in d.iterdir() if p.name[0].isdigit()}
 
 
 def test_crash_after_network_setup_releases_the_ip_at_restart(rs: Restartable) -> None:
@@ -27,9 +25,9 @@ def test_crash_after_network_setup_releases_the_ip_at_restart(rs: Restartable) -
     results = rs.daemon.root / "cni" / "results"
     (entry,) = list(results.iterdir())          # the crashed pod's ADD finished: its result is cached ...
     sandbox_id = json.loads(entry.read_text())["containerId"]
-    assert sandbox_id in holders().values()     # ... and host-local holds an IP for it
+    assert sandbox_id in holders(rs).values()     # ... and host-local holds an IP for it
     cri = rs.start()
     assert cri.pods() == []
-    assert sandbox_id not in holders().values(), "the crashed pod's IP is still held"
+    assert sandbox_id not in holders(rs).values(), "the crashed pod's IP is still held"
     assert os.listdir(results) == []
     assert not (rs.daemon.state / "netns" / sandbox_id).exists()
