@@ -212,8 +212,14 @@ class ComputeCoreApi:
     def create_system(self, system_id: str, document: str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> SystemHandle:
         sid, doc = wstr_in(system_id), wstr_in(document)
         out = C.c_void_p()
-        self._run("HcsCreateComputeSystem",
-                  lambda op: int(self._dll.HcsCreateComputeSystem(sid, doc, op, None, C.byref(out))), timeout_ms)
+        try:
+            self._run("HcsCreateComputeSystem",
+                      lambda op: int(self._dll.HcsCreateComputeSystem(sid, doc, op, None, C.byref(out))), timeout_ms)
+        except BaseException:
+            # HCS hands out the handle before the operation completes; a failed create still owns one.
+            if out.value:
+                self._dll.HcsCloseComputeSystem(out.value)
+            raise
         if not out.value:
             raise HcsError("HcsCreateComputeSystem", 0x80004005)  # E_FAIL: success without a handle
         return SystemHandle(out.value, system_id)
@@ -290,12 +296,15 @@ class ComputeCoreApi:
             try:
                 hr = self._dll.HcsCreateProcess(h, params, op, None, C.byref(out))
                 if failed(hr):
+                    self._close_raw_process(out)
                     raise HcsError("HcsCreateProcess", hr, self._operation_result(op))
                 slot = C.c_void_p()
                 hr = self._dll.HcsWaitForOperationResultAndProcessInfo(op, timeout_ms, C.byref(info), C.byref(slot))
                 doc = take_wstr(slot, self._free)
                 if _abi.unsigned(hr) == _abi.HResult.OPERATION_TIMEOUT:
                     self._cancel(op)
+                    self._close_raw_process(out)
+                    raise HcsError("HcsCreateProcess", hr, doc)
                 if failed(hr) and not out.value:
                     raise HcsError("HcsCreateProcess", hr, doc)
             finally:
@@ -313,6 +322,11 @@ class ComputeCoreApi:
                 raise
         return ProcessInfo(handle, int(info.ProcessId), _handle_or_none(info.StdInput),
                            _handle_or_none(info.StdOutput), _handle_or_none(info.StdError))
+
+    def _close_raw_process(self, out: C.c_void_p) -> None:
+        if out.value:
+            self._dll.HcsCloseProcess(out.value)
+            out.value = None
 
     def _process_info(self, process: ProcessHandle, timeout_ms: int) -> _abi.HCS_PROCESS_INFORMATION:
         info = _abi.HCS_PROCESS_INFORMATION()

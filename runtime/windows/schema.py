@@ -1,133 +1,63 @@
-"""HCS schema v2 documents as dataclasses.
+"""HCS schema v2 documents as dataclasses, and parsers for what HCS returns.
 
-`to_json()` emits the exact key casing of the official schema (PascalCase,
-with the few irregular keys listed in `_KEYS`) and drops empty values the way
-hcsshim's Go structs do with `omitempty` (None, False, 0, "", [] and {}), so
-a document carries only what we mean. Parsers turn HCS output (Properties,
-Statistics, ProcessStatus, SystemExitStatus, ResultError) into dataclasses
-and reject malformed input with a message, never a traceback.
-
-Field names and types follow shared/windows/hcs-schema/hcs-schema-21H2.json;
-tests/windows/test_schema.py validates every document closed-world against it.
+Field names are snake_case; `to_json()` emits the exact HCS key (PascalCase by
+rule, or the `key=` override where HCS spells it irregularly, e.g. `SizeInMB`).
+Omission follows Go's `omitempty` as hcsshim sends documents: None, 0, False,
+"" and empty lists/maps are dropped, while a present nested object is always
+emitted (even `{}`, which HCS reads as "enable with defaults", e.g.
+`GuestConnection`). Keys come only from the official schema definitions named
+in each class docstring; tests/windows validates every document closed-world
+against the 1809 and 21H2 schemas.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# snake_case field -> schema key, where plain PascalCase would be wrong.
-_KEYS = {
-    "size_in_mb": "SizeInMB",
-    "direct_file_mapping_in_mb": "DirectFileMappingInMB",
-    "qos": "QoS",
-    "dword_value": "DWordValue",
-    "qword_value": "QWordValue",
-    "hv_socket_config": "HvSocketConfig",
-}
+# ---------------------------------------------------------------- emitting
 
 
-def _key(name: str) -> str:
-    return _KEYS.get(name) or "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+def hcs_key(name: str) -> Any:
+    """A field whose HCS key is not the PascalCase of its Python name."""
+    return field(default=None, metadata={"key": name})
+
+
+def _pascal(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
 
 
 def _empty(value: Any) -> bool:
-    return value is None or value is False or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                               and value == 0) or value in ("", [], {}, ())
+    if value is None or value is False:
+        return True
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        return True
+    return isinstance(value, (str, list, tuple, dict)) and len(value) == 0
 
 
-def to_plain(value: Any) -> Any:
-    """Dataclasses -> dicts with schema keys, omitting empty fields; enums -> their value."""
+def to_json(value: Any) -> Any:
+    """A schema dataclass (or a value inside one) as plain JSON data."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out: dict[str, Any] = {}
         for f in dataclasses.fields(value):
-            v = to_plain(getattr(value, f.name))
-            if f.metadata.get("keep") and v is not None:
-                out[_key(f.name)] = v
-            elif not _empty(v):
-                out[_key(f.name)] = v
+            v = getattr(value, f.name)
+            if _empty(v) and not dataclasses.is_dataclass(v):
+                continue
+            out[f.metadata.get("key", _pascal(f.name))] = to_json(v)
         return out
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, dict):
-        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
+        return [to_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
     return value
 
 
-class Doc:
-    """Mixin: `to_dict()` / `to_json()` for a schema dataclass."""
-
-    def to_dict(self) -> dict[str, Any]:
-        out = to_plain(self)
-        assert isinstance(out, dict)
-        return out
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
-
-
-# ------------------------------------------------------------------ compute systems
-
-
-@dataclass(frozen=True)
-class Version(Doc):
-    major: int
-    minor: int = 0
-
-
-SCHEMA_V21 = Version(2, 1)
-
-
-@dataclass(frozen=True)
-class Layer(Doc):
-    id: str      # bare GUID, no braces
-    path: str    # the layer folder (not its Files\)
-
-
-@dataclass(frozen=True)
-class Storage(Doc):
-    layers: tuple[Layer, ...] = ()
-    path: str = ""    # the mounted scratch volume, \\?\Volume{GUID}\
-
-
-@dataclass(frozen=True)
-class MappedDirectory(Doc):
-    host_path: str
-    container_path: str
-    read_only: bool = False
-
-
-@dataclass(frozen=True)
-class MappedPipe(Doc):
-    container_pipe_name: str
-    host_path: str
-
-
-@dataclass(frozen=True)
-class Networking(Doc):
-    namespace: str = ""
-    dns_search_list: str = ""          # comma-joined
-    allow_unqualified_dns_query: bool = False
-    network_shared_container_name: str = ""
-
-
-@dataclass(frozen=True)
-class ContainerProcessor(Doc):
-    """Count, Maximum and Weight are mutually exclusive (HCS rejects more than one)."""
-
-    count: int = 0
-    maximum: int = 0    # percent of all host CPUs x 100, 1..10000
-    weight: int = 0     # 0..10000
-
-
-@dataclass(frozen=True)
-class ContainerMemory(Doc):
-    size_in_mb: int = 0
+# ---------------------------------------------------------------- enums
 
 
 class RegistryHive(enum.Enum):
@@ -139,52 +69,176 @@ class RegistryHive(enum.Enum):
 
 class RegistryValueType(enum.Enum):
     STRING = "String"
+    EXPANDED_STRING = "ExpandedString"
     DWORD = "DWord"
     QWORD = "QWord"
 
 
+class RequestType(enum.Enum):
+    ADD = "Add"
+    REMOVE = "Remove"
+    UPDATE = "Update"
+
+
+class ProcessSignal(enum.Enum):
+    CTRL_C = "CtrlC"
+    CTRL_BREAK = "CtrlBreak"
+    CTRL_CLOSE = "CtrlClose"
+    CTRL_LOGOFF = "CtrlLogOff"
+    CTRL_SHUTDOWN = "CtrlShutdown"
+
+
+class StdHandle(enum.Enum):
+    STDIN = "StdIn"
+    STDOUT = "StdOut"
+    STDERR = "StdErr"
+    ALL = "All"
+
+
+class DeviceType(enum.Enum):
+    CLASS_GUID = "ClassGuid"
+    DEVICE_INSTANCE = "DeviceInstance"
+
+
+class PropertyType(enum.Enum):
+    MEMORY = "Memory"
+    STATISTICS = "Statistics"
+    PROCESS_LIST = "ProcessList"
+
+
+# ---------------------------------------------------------------- containers
+
+
 @dataclass(frozen=True)
-class RegistryKey(Doc):
+class Version:
+    """`Version`."""
+
+    major: int
+    minor: int = 0
+
+
+SCHEMA_V21 = Version(2, 1)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """`Layer`: a read-only parent; `id` is a bare GUID (NameToGuid of the folder name)."""
+
+    id: str
+    path: str
+
+
+@dataclass(frozen=True)
+class StorageQoS:
+    """`StorageQoS`."""
+
+    iops_maximum: int = 0
+    bandwidth_maximum: int = 0
+
+
+@dataclass(frozen=True)
+class Storage:
+    """`Storage`: `path` is the mounted scratch volume `\\\\?\\Volume{GUID}\\` (or a guest path when hosted)."""
+
+    layers: tuple[Layer, ...]
+    path: str
+    qo_s: StorageQoS | None = hcs_key("QoS")
+
+
+@dataclass(frozen=True)
+class MappedDirectory:
+    """`MappedDirectory`."""
+
+    host_path: str
+    container_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class MappedPipe:
+    """`MappedPipe`: `container_pipe_name` is the bare name inside `\\\\.\\pipe\\`."""
+
+    container_pipe_name: str
+    host_path: str
+
+
+@dataclass(frozen=True)
+class Networking:
+    """`Networking`: `dns_search_list` is one comma-joined string in HCS."""
+
+    namespace: str = ""
+    dns_search_list: str = ""
+    allow_unqualified_dns_query: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerProcessor:
+    """`Container_Processor` (`Processor` before 2104): Count, Maximum and Weight are mutually exclusive."""
+
+    count: int = 0
+    maximum: int = 0
+    weight: int = 0
+
+    def __post_init__(self) -> None:
+        if sum(1 for v in (self.count, self.maximum, self.weight) if v) > 1:
+            raise ValueError("Processor: Count, Maximum and Weight are mutually exclusive")
+
+
+@dataclass(frozen=True)
+class ContainerMemory:
+    """`Container_Memory` (`Memory` before 2104)."""
+
+    size_in_mb: int = hcs_key("SizeInMB")
+
+
+@dataclass(frozen=True)
+class RegistryKey:
+    """`RegistryKey`."""
+
     hive: RegistryHive
     name: str
-    volatile: bool = False
 
 
 @dataclass(frozen=True)
-class RegistryValue(Doc):
+class RegistryValue:
+    """`RegistryValue`: exactly one of the typed values is set."""
+
     key: RegistryKey
     name: str
     type: RegistryValueType
     string_value: str = ""
-    dword_value: int = 0
+    d_word_value: int = hcs_key("DWordValue")
 
 
 @dataclass(frozen=True)
-class RegistryChanges(Doc):
+class RegistryChanges:
+    """`RegistryChanges`."""
+
     add_values: tuple[RegistryValue, ...] = ()
 
 
-# servercore honours the graceful-stop window only with this (hcsshim sets it on every container).
-WAIT_TO_KILL = RegistryValue(RegistryKey(RegistryHive.SYSTEM, "ControlSet001\\Control"),
-                             "WaitToKillServiceTimeout", RegistryValueType.STRING, string_value="2147483647")
+@dataclass(frozen=True)
+class GuestOs:
+    """`GuestOs`."""
+
+    host_name: str = ""
 
 
 @dataclass(frozen=True)
-class Device(Doc):
-    type: str                     # "ClassGuid" or "DeviceInstance"
+class Device:
+    """`Device` in `Container.AssignedDevices`."""
+
+    type: DeviceType
     interface_class_guid: str = ""
     location_path: str = ""
 
 
 @dataclass(frozen=True)
-class GuestOs(Doc):
-    host_name: str = ""
+class Container:
+    """`Container`."""
 
-
-@dataclass(frozen=True)
-class Container(Doc):
+    storage: Storage
     guest_os: GuestOs | None = None
-    storage: Storage | None = None
     mapped_directories: tuple[MappedDirectory, ...] = ()
     mapped_pipes: tuple[MappedPipe, ...] = ()
     memory: ContainerMemory | None = None
@@ -195,71 +249,98 @@ class Container(Doc):
 
 
 @dataclass(frozen=True)
-class HostedSystem(Doc):
-    schema_version: Version
+class HostedSystem:
+    """`HostedSystem`: a container inside a utility VM (Hyper-V isolation)."""
+
     container: Container
+    schema_version: Version = SCHEMA_V21
 
 
-# -- utility VM (Hyper-V isolation) subset
+# ---------------------------------------------------------------- utility VM (a subset)
 
 
 @dataclass(frozen=True)
-class UefiBootEntry(Doc):
-    device_type: str
+class UefiBootEntry:
+    """`UefiBootEntry`."""
+
+    device_type: str            # UefiBootDevice: "VmbFs" for a WCOW utility VM
     device_path: str
 
 
 @dataclass(frozen=True)
-class Uefi(Doc):
+class Uefi:
+    """`Uefi`."""
+
     boot_this: UefiBootEntry
 
 
 @dataclass(frozen=True)
-class Chipset(Doc):
+class Chipset:
+    """`Chipset`."""
+
     uefi: Uefi
 
 
 @dataclass(frozen=True)
-class VmMemory(Doc):
-    size_in_mb: int
+class VmMemory:
+    """`VirtualMachine_Memory`."""
+
+    size_in_mb: int = hcs_key("SizeInMB")
     allow_overcommit: bool = False
 
 
 @dataclass(frozen=True)
-class VmProcessor(Doc):
-    count: int
+class VmProcessor:
+    """`VirtualMachine_Processor`."""
+
+    count: int = 0
+    limit: int = 0
+    weight: int = 0
 
 
 @dataclass(frozen=True)
-class Topology(Doc):
+class Topology:
+    """`Topology`."""
+
     memory: VmMemory
     processor: VmProcessor
 
 
 @dataclass(frozen=True)
-class Attachment(Doc):
-    type: str    # "VirtualDisk"
+class Attachment:
+    """`Attachment` on a SCSI controller."""
+
+    type: str                   # AttachmentType: "VirtualDisk"
     path: str
     read_only: bool = False
 
 
 @dataclass(frozen=True)
-class Scsi(Doc):
-    attachments: dict[str, Attachment] = field(default_factory=dict)
+class Scsi:
+    """`Scsi`: LUN number (as a string key) -> attachment."""
+
+    attachments: Mapping[str, Attachment] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class HvSocketSystemConfig(Doc):
+class HvSocketSystemConfig:
+    """`HvSocketSystemConfig`."""
+
     default_bind_security_descriptor: str = ""
+    default_connect_security_descriptor: str = ""
 
 
 @dataclass(frozen=True)
-class VmHvSocket(Doc):
+class VmHvSocket:
+    """`VirtualMachine_HvSocket`."""
+
     hv_socket_config: HvSocketSystemConfig
 
 
 @dataclass(frozen=True)
-class VirtualSmbShareOptions(Doc):
+class VirtualSmbShareOptions:
+    """`VirtualSmbShareOptions`."""
+
     read_only: bool = False
     share_read: bool = False
     cache_io: bool = False
@@ -267,42 +348,63 @@ class VirtualSmbShareOptions(Doc):
 
 
 @dataclass(frozen=True)
-class VirtualSmbShare(Doc):
+class VirtualSmbShare:
+    """`VirtualSmbShare`."""
+
     name: str
     path: str
-    options: VirtualSmbShareOptions | None = None
+    options: VirtualSmbShareOptions
 
 
 @dataclass(frozen=True)
-class VirtualSmb(Doc):
+class VirtualSmb:
+    """`VirtualSmb`."""
+
     shares: tuple[VirtualSmbShare, ...] = ()
-    direct_file_mapping_in_mb: int = 0
+    direct_file_mapping_in_mb: int = hcs_key("DirectFileMappingInMB")
 
 
 @dataclass(frozen=True)
-class Devices(Doc):
-    scsi: dict[str, Scsi] = field(default_factory=dict)
+class NetworkAdapter:
+    """`NetworkAdapter`."""
+
+    endpoint_id: str
+    mac_address: str = ""
+
+
+@dataclass(frozen=True)
+class Devices:
+    """`Devices`."""
+
+    scsi: Mapping[str, Scsi] = field(default_factory=dict)
     hv_socket: VmHvSocket | None = None
     virtual_smb: VirtualSmb | None = None
+    network_adapters: Mapping[str, NetworkAdapter] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class GuestConnection(Doc):
-    use_host_time_zone: bool = False
+class GuestConnection:
+    """`GuestConnection`: present and empty = HCS connects to the guest compute service."""
 
 
 @dataclass(frozen=True)
-class VirtualMachine(Doc):
+class VirtualMachine:
+    """`VirtualMachine` (the subset a WCOW utility VM needs)."""
+
     chipset: Chipset
     compute_topology: Topology
     devices: Devices
-    stop_on_reset: bool = True
-    # An empty GuestConnection asks HCS to connect to the guest; it must be sent even when empty.
-    guest_connection: GuestConnection | None = field(default_factory=GuestConnection, metadata={"keep": True})
+    stop_on_reset: bool = False
+    guest_connection: GuestConnection | None = None
+
+
+# ---------------------------------------------------------------- top-level documents
 
 
 @dataclass(frozen=True)
-class ComputeSystem(Doc):
+class ComputeSystem:
+    """`ComputeSystem`: exactly one of container, virtual_machine or hosted_system."""
+
     owner: str
     schema_version: Version = SCHEMA_V21
     container: Container | None = None
@@ -311,237 +413,224 @@ class ComputeSystem(Doc):
     hosted_system: HostedSystem | None = None
     should_terminate_on_last_handle_closed: bool = False
 
-
-# ------------------------------------------------------------------ processes and requests
+    def __post_init__(self) -> None:
+        kinds = [x for x in (self.container, self.virtual_machine, self.hosted_system) if x is not None]
+        if len(kinds) != 1:
+            raise ValueError("ComputeSystem: exactly one of Container, VirtualMachine, HostedSystem")
+        if (self.hosted_system is None) != (not self.hosting_system_id):
+            raise ValueError("ComputeSystem: HostedSystem and HostingSystemId go together")
 
 
 @dataclass(frozen=True)
-class ProcessParameters(Doc):
+class ProcessParameters:
+    """`ProcessParameters` for HcsCreateProcess. `console_size` is (height, width)."""
+
     command_line: str
     working_directory: str = ""
     user: str = ""
-    environment: dict[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = field(default_factory=dict)
     emulate_console: bool = False
     create_std_in_pipe: bool = False
     create_std_out_pipe: bool = False
     create_std_err_pipe: bool = False
-    console_size: tuple[int, ...] = ()   # [height, width]
-
-
-class Signal(enum.Enum):
-    CTRL_C = "CtrlC"
-    CTRL_BREAK = "CtrlBreak"
-    CTRL_CLOSE = "CtrlClose"
-    CTRL_LOGOFF = "CtrlLogOff"
-    CTRL_SHUTDOWN = "CtrlShutdown"
+    console_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
-class SignalProcessOptions(Doc):
-    signal: Signal
+class PropertyQuery:
+    """`System_PropertyQuery`."""
+
+    property_types: tuple[PropertyType, ...] = ()
 
 
 @dataclass(frozen=True)
-class ConsoleSize(Doc):
-    height: int
-    width: int
+class ModifySettingRequest:
+    """`ModifySettingRequest`. `settings` is free-form (a bare integer for Container/Memory/SizeInMB)."""
 
-
-@dataclass(frozen=True)
-class CloseHandle(Doc):
-    handle: str    # "StdIn", "StdOut", "StdErr", "All"
-
-
-@dataclass(frozen=True)
-class ProcessModifyRequest(Doc):
-    operation: str    # "ConsoleSize" or "CloseHandle"
-    console_size: ConsoleSize | None = None
-    close_handle: CloseHandle | None = None
-
-
-def close_stdin_request() -> ProcessModifyRequest:
-    return ProcessModifyRequest("CloseHandle", close_handle=CloseHandle("StdIn"))
-
-
-def resize_request(width: int, height: int) -> ProcessModifyRequest:
-    return ProcessModifyRequest("ConsoleSize", console_size=ConsoleSize(height, width))
-
-
-@dataclass(frozen=True)
-class PropertyQuery(Doc):
-    property_types: tuple[str, ...] = ()
-
-
-STATISTICS_QUERY = PropertyQuery(("Statistics",))
-
-
-class RequestType(enum.Enum):
-    ADD = "Add"
-    REMOVE = "Remove"
-    UPDATE = "Update"
-
-
-@dataclass(frozen=True)
-class ModifySettingRequest(Doc):
     resource_path: str
     request_type: RequestType
     settings: Any = None
 
 
-def memory_update(size_in_mb: int) -> ModifySettingRequest:
-    # HCS takes a bare integer here although the schema types Settings as an object (known deviation).
-    return ModifySettingRequest("Container/Memory/SizeInMB", RequestType.UPDATE, size_in_mb)
+@dataclass(frozen=True)
+class ConsoleSize:
+    """`ConsoleSize`."""
 
-
-def processor_update(processor: ContainerProcessor) -> ModifySettingRequest:
-    return ModifySettingRequest("Container/Processor", RequestType.UPDATE, processor)
+    height: int
+    width: int
 
 
 @dataclass(frozen=True)
-class LayerData(Doc):
+class CloseHandle:
+    """`CloseHandle`."""
+
+    handle: StdHandle
+
+
+@dataclass(frozen=True)
+class ProcessModifyRequest:
+    """`ProcessModifyRequest`: operation is "ConsoleSize" or "CloseHandle"."""
+
+    operation: str
+    console_size: ConsoleSize | None = None
+    close_handle: CloseHandle | None = None
+
+    @staticmethod
+    def resize(height: int, width: int) -> ProcessModifyRequest:
+        return ProcessModifyRequest("ConsoleSize", console_size=ConsoleSize(height, width))
+
+    @staticmethod
+    def close_stdin() -> ProcessModifyRequest:
+        return ProcessModifyRequest("CloseHandle", close_handle=CloseHandle(StdHandle.STDIN))
+
+
+@dataclass(frozen=True)
+class SignalProcessOptions:
+    """`SignalProcessOptions`."""
+
+    signal: ProcessSignal
+
+
+@dataclass(frozen=True)
+class LayerData:
+    """`LayerData` for the documented computestorage layer calls (topmost layer first)."""
+
     layers: tuple[Layer, ...]
     schema_version: Version = SCHEMA_V21
 
 
-# ------------------------------------------------------------------ parsers
+# ---------------------------------------------------------------- parsing results
 
 
-class SchemaError(ValueError):
-    """HCS returned a document we cannot read."""
-
-
-def _object(text: str | None, what: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise SchemaError(f"{what}: not JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise SchemaError(f"{what}: expected a JSON object, got {type(value).__name__}")
+def _get(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = doc.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and kind is int:
+        raise ValueError(f"{name}: expected an integer, got a boolean")
+    if not isinstance(value, kind):
+        raise ValueError(f"{name}: expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
     return value
 
 
-def _int(d: dict[str, Any], key: str, what: str, default: int = 0) -> int:
-    v = d.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise SchemaError(f"{what}.{key}: expected an integer, got {v!r}")
-    return v
+def _object(doc: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"{what}: expected a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 @dataclass(frozen=True)
 class ProcessStatus:
+    """`ProcessStatus` from HcsWaitForProcessExit / the ProcessExited event."""
+
     process_id: int
     exited: bool
-    exit_code: int
-    last_wait_result: int = 0
+    exit_code: int              # uint32 as Windows reports it (e.g. 0xC000013A)
+    last_wait_result: int
 
-
-def parse_process_status(text: str | None) -> ProcessStatus:
-    d = _object(text, "ProcessStatus")
-    return ProcessStatus(_int(d, "ProcessId", "ProcessStatus"), bool(d.get("Exited", False)),
-                         _int(d, "ExitCode", "ProcessStatus") & 0xFFFFFFFF,
-                         _int(d, "LastWaitResult", "ProcessStatus"))
+    @staticmethod
+    def parse(doc: Any) -> ProcessStatus:
+        d = _object(doc, "ProcessStatus")
+        return ProcessStatus(_get(d, "ProcessId", int, 0), _get(d, "Exited", bool, False),
+                             _get(d, "ExitCode", int, 0) & 0xFFFFFFFF, _get(d, "LastWaitResult", int, 0))
 
 
 @dataclass(frozen=True)
 class SystemExitStatus:
-    status: int
-    exit_type: str
+    """`SystemExitStatus` from HcsWaitForComputeSystemExit / the SystemExited event."""
 
+    status: int                 # HRESULT
+    exit_type: str              # "GracefulExit", "ForcedExit", "UnexpectedExit", ...
 
-def parse_system_exit_status(text: str | None) -> SystemExitStatus:
-    d = _object(text, "SystemExitStatus")
-    return SystemExitStatus(_int(d, "Status", "SystemExitStatus") & 0xFFFFFFFF, str(d.get("ExitType", "")))
+    @staticmethod
+    def parse(doc: Any) -> SystemExitStatus:
+        d = _object(doc, "SystemExitStatus")
+        return SystemExitStatus(_get(d, "Status", int, 0) & 0xFFFFFFFF, _get(d, "ExitType", str, ""))
 
 
 @dataclass(frozen=True)
 class ResultError:
+    """`ResultError`: the document a failed HCS operation may return."""
+
     error: int
     message: str
     events: tuple[str, ...] = ()
 
-
-def parse_result_error(text: str | None) -> ResultError:
-    d = _object(text, "ResultError")
-    events = tuple(str(e.get("Message", "")) for e in d.get("ErrorEvents", []) or [] if isinstance(e, dict))
-    return ResultError(_int(d, "Error", "ResultError") & 0xFFFFFFFF, str(d.get("ErrorMessage", "")), events)
+    @staticmethod
+    def parse(doc: Any) -> ResultError:
+        d = _object(doc, "ResultError")
+        events = _get(d, "ErrorEvents", list, [])
+        messages = tuple(str(e.get("Message", "")) for e in events if isinstance(e, Mapping) and e.get("Message"))
+        return ResultError(_get(d, "Error", int, 0) & 0xFFFFFFFF, _get(d, "ErrorMessage", str, ""), messages)
 
 
 @dataclass(frozen=True)
 class Statistics:
+    """`Statistics`: CPU in 100 ns units, memory in bytes."""
+
+    timestamp: str = ""
     uptime_100ns: int = 0
-    cpu_total_100ns: int = 0
-    cpu_user_100ns: int = 0
-    cpu_kernel_100ns: int = 0
+    total_runtime_100ns: int = 0
+    runtime_user_100ns: int = 0
+    runtime_kernel_100ns: int = 0
     memory_commit_bytes: int = 0
     memory_commit_peak_bytes: int = 0
     memory_private_working_set_bytes: int = 0
     storage_read_bytes: int = 0
     storage_write_bytes: int = 0
 
-
-def parse_statistics(d: dict[str, Any]) -> Statistics:
-    def sub(name: str) -> dict[str, Any]:
-        v = d.get(name) or {}
-        if not isinstance(v, dict):
-            raise SchemaError(f"Statistics.{name}: expected an object")
-        return v
-    p, m, s = sub("Processor"), sub("Memory"), sub("Storage")
-    return Statistics(
-        uptime_100ns=_int(d, "Uptime100ns", "Statistics"),
-        cpu_total_100ns=_int(p, "TotalRuntime100ns", "Statistics.Processor"),
-        cpu_user_100ns=_int(p, "RuntimeUser100ns", "Statistics.Processor"),
-        cpu_kernel_100ns=_int(p, "RuntimeKernel100ns", "Statistics.Processor"),
-        memory_commit_bytes=_int(m, "MemoryUsageCommitBytes", "Statistics.Memory"),
-        memory_commit_peak_bytes=_int(m, "MemoryUsageCommitPeakBytes", "Statistics.Memory"),
-        memory_private_working_set_bytes=_int(m, "MemoryUsagePrivateWorkingSetBytes", "Statistics.Memory"),
-        storage_read_bytes=_int(s, "ReadSizeBytes", "Statistics.Storage"),
-        storage_write_bytes=_int(s, "WriteSizeBytes", "Statistics.Storage"),
-    )
+    @staticmethod
+    def parse(doc: Any) -> Statistics:
+        d = _object(doc, "Statistics")
+        cpu = _object(_get(d, "Processor", dict, {}), "Statistics.Processor")
+        mem = _object(_get(d, "Memory", dict, {}), "Statistics.Memory")
+        sto = _object(_get(d, "Storage", dict, {}), "Statistics.Storage")
+        return Statistics(
+            timestamp=_get(d, "Timestamp", str, ""),
+            uptime_100ns=_get(d, "Uptime100ns", int, 0),
+            total_runtime_100ns=_get(cpu, "TotalRuntime100ns", int, 0),
+            runtime_user_100ns=_get(cpu, "RuntimeUser100ns", int, 0),
+            runtime_kernel_100ns=_get(cpu, "RuntimeKernel100ns", int, 0),
+            memory_commit_bytes=_get(mem, "MemoryUsageCommitBytes", int, 0),
+            memory_commit_peak_bytes=_get(mem, "MemoryUsageCommitPeakBytes", int, 0),
+            memory_private_working_set_bytes=_get(mem, "MemoryUsagePrivateWorkingSetBytes", int, 0),
+            storage_read_bytes=_get(sto, "ReadSizeBytes", int, 0),
+            storage_write_bytes=_get(sto, "WriteSizeBytes", int, 0),
+        )
 
 
 @dataclass(frozen=True)
 class Properties:
+    """`Properties` from HcsGetComputeSystemProperties (the fields cri-shim reads)."""
+
     id: str = ""
     system_type: str = ""
     runtime_os_type: str = ""
     owner: str = ""
     state: str = ""
     stopped: bool = False
+    exit_type: str = ""
     statistics: Statistics | None = None
     process_ids: tuple[int, ...] = ()
 
-
-def parse_properties(text: str | None) -> Properties:
-    d = _object(text, "Properties")
-    stats = d.get("Statistics")
-    if stats is not None and not isinstance(stats, dict):
-        raise SchemaError("Properties.Statistics: expected an object")
-    pids = tuple(int(p["ProcessId"]) for p in d.get("ProcessList", []) or []
-                 if isinstance(p, dict) and isinstance(p.get("ProcessId"), int))
-    return Properties(str(d.get("Id", "")), str(d.get("SystemType", "")), str(d.get("RuntimeOsType", "")),
-                      str(d.get("Owner", "")), str(d.get("State", "")), bool(d.get("Stopped", False)),
-                      parse_statistics(stats) if stats is not None else None, pids)
-
-
-@dataclass(frozen=True)
-class SystemSummary:
-    id: str
-    owner: str
-    state: str
-    system_type: str
+    @staticmethod
+    def parse(doc: Any) -> Properties:
+        d = _object(doc, "Properties")
+        stats = d.get("Statistics")
+        plist = _get(d, "ProcessList", list, [])
+        return Properties(
+            id=_get(d, "Id", str, ""), system_type=_get(d, "SystemType", str, ""),
+            runtime_os_type=_get(d, "RuntimeOsType", str, ""), owner=_get(d, "Owner", str, ""),
+            state=_get(d, "State", str, ""), stopped=_get(d, "Stopped", bool, False),
+            exit_type=_get(d, "ExitType", str, ""),
+            statistics=Statistics.parse(stats) if stats is not None else None,
+            process_ids=tuple(int(p["ProcessId"]) for p in plist
+                              if isinstance(p, Mapping) and isinstance(p.get("ProcessId"), int)),
+        )
 
 
-def parse_enumeration(text: str | None) -> list[SystemSummary]:
-    """HcsEnumerateComputeSystems result: a JSON array of Properties-like objects."""
-    if not text:
-        return []
-    try:
-        items = json.loads(text)
-    except ValueError as e:
-        raise SchemaError(f"enumeration: not JSON: {e}") from None
-    if not isinstance(items, list):
-        raise SchemaError("enumeration: expected a JSON array")
-    return [SystemSummary(str(i.get("Id", "")), str(i.get("Owner", "")), str(i.get("State", "")),
-                          str(i.get("SystemType", ""))) for i in items if isinstance(i, dict)]
+def parse_system_list(doc: Any) -> list[Properties]:
+    """The result of HcsEnumerateComputeSystems: a JSON array of `Properties`."""
+    if not isinstance(doc, list):
+        raise ValueError(f"HcsEnumerateComputeSystems: expected a JSON array, got {type(doc).__name__}")
+    return [Properties.parse(item) for item in doc]
