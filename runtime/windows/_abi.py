@@ -92,6 +92,7 @@ class JOBOBJECT_BASIC_ACCOUNTING_INFORMATION(C.Structure):
 
 
 # Job object constants (winnt.h).
+JOB_OBJECT_ALL_ACCESS = 0x1F001F
 JOB_OBJECT_LIMIT_JOB_MEMORY = 0x200
 JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
 JOB_OBJECT_CPU_RATE_CONTROL_ENABLE = 0x1
@@ -183,6 +184,8 @@ VMCOMPUTE_LAYERS: dict[str, Signature] = {
 # kernel32.dll: job objects and handles (HostProcess containers, stdio).
 KERNEL32: dict[str, Signature] = {
     "CreateJobObjectW": (HANDLE, [PVOID, WSTR_IN]),
+    "OpenJobObjectW": (HANDLE, [DWORD, BOOL, WSTR_IN]),
+    "GenerateConsoleCtrlEvent": (BOOL, [DWORD, DWORD]),
     "SetInformationJobObject": (BOOL, [HANDLE, C.c_int32, PVOID, DWORD]),
     "QueryInformationJobObject": (BOOL, [HANDLE, C.c_int32, PVOID, DWORD, C.POINTER(DWORD)]),
     "AssignProcessToJobObject": (BOOL, [HANDLE, HANDLE]),
@@ -192,6 +195,16 @@ KERNEL32: dict[str, Signature] = {
     "GetExitCodeProcess": (BOOL, [HANDLE, C.POINTER(DWORD)]),
     "CloseHandle": (BOOL, [HANDLE]),
     "LocalFree": (PVOID, [PVOID]),
+}
+
+# ntdll.dll: NtResumeProcess is undocumented (used by hcsshim and Process Explorer); NTSTATUS is int32.
+NTDLL: dict[str, Signature] = {
+    "NtResumeProcess": (C.c_int32, [HANDLE]),
+}
+
+# ole32.dll: the allocator HCN strings come from.
+OLE32: dict[str, Signature] = {
+    "CoTaskMemFree": (None, [PVOID]),
 }
 
 

@@ -17,13 +17,17 @@ from runtime.windows import _abi
 Free = Callable[[int], object]
 
 
-def wstr_in(text: str | None) -> C.Array[C.c_char] | None:
+def wstr(text: str) -> C.Array[C.c_char]:
     """A NUL-terminated UTF-16LE buffer; the caller keeps it alive for the call."""
-    if text is None:
-        return None
     if "\0" in text:
         raise ValueError("a string passed to a Windows API must not contain NUL")
-    return C.create_string_buffer(text.encode("utf-16-le") + b"\0\0", len(text.encode("utf-16-le")) + 2)
+    raw = text.encode("utf-16-le") + b"\0\0"
+    return C.create_string_buffer(raw, len(raw))
+
+
+def wstr_in(text: str | None) -> C.Array[C.c_char] | None:
+    """`wstr`, or NULL for None (optional PCWSTR arguments)."""
+    return None if text is None else wstr(text)
 
 
 def read_wstr(address: int) -> str:

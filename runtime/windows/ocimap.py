@@ -318,8 +318,9 @@ VSMB_PREFIX = "\\\\?\\VMSMB\\VSMB-{dcc079ae-60ba-4d07-847c-3493609c0870}\\"
 UVM_BOOT = "\\EFI\\Microsoft\\Boot\\bootmgfw.efi"
 
 
-def uvm_os_share(base_layer_path: str) -> S.VirtualSmbShare:
-    return S.VirtualSmbShare(name="os", path=base_layer_path.rstrip("\\") + "\\UtilityVM\\Files",
+def uvm_os_share(uvm_files: str) -> S.VirtualSmbShare:
+    """The base layer's UtilityVM\\Files folder, which the utility VM boots from."""
+    return S.VirtualSmbShare(name="os", path=uvm_files,
                              options=S.VirtualSmbShareOptions(read_only=True, share_read=True, cache_io=True,
                                                               take_backup_privilege=True))
 
@@ -331,8 +332,8 @@ def layer_share(layer: S.Layer) -> S.VirtualSmbShare:
                                                               take_backup_privilege=True))
 
 
-def uvm_document(base_layer_path: str, scratch_vhd: str, cfg: UtilityVmConfig, *, owner: str) -> S.ComputeSystem:
-    """The utility VM of a Hyper-V isolated pod (§2.3). Boots from the base layer's UtilityVM files."""
+def uvm_document(uvm_files: str, scratch_vhd: str, cfg: UtilityVmConfig, *, owner: str) -> S.ComputeSystem:
+    """The utility VM of a Hyper-V isolated pod (§2.3); `uvm_files` is `<base layer>\\UtilityVM\\Files`."""
     vm = S.VirtualMachine(
         stop_on_reset=True,
         chipset=S.Chipset(uefi=S.Uefi(boot_this=S.UefiBootEntry(device_type="VmbFs", device_path=UVM_BOOT))),
@@ -343,7 +344,7 @@ def uvm_document(base_layer_path: str, scratch_vhd: str, cfg: UtilityVmConfig, *
             scsi={"0": S.Scsi(attachments={"0": S.Attachment(type="VirtualDisk", path=scratch_vhd)})},
             hv_socket=S.VmHvSocket(S.HvSocketSystemConfig(
                 default_bind_security_descriptor="D:P(A;;FA;;;SY)(A;;FA;;;BA)")),
-            virtual_smb=S.VirtualSmb(shares=(uvm_os_share(base_layer_path),), direct_file_mapping_in_mb=1024),
+            virtual_smb=S.VirtualSmb(shares=(uvm_os_share(uvm_files),), direct_file_mapping_in_mb=1024),
         ),
     )
     return S.ComputeSystem(owner=owner, virtual_machine=vm)
