@@ -76,6 +76,7 @@ class WindowsBackendConfig:
     uvm: ocimap.UtilityVmConfig = field(default_factory=ocimap.UtilityVmConfig)
     exit_poll_ms: int = 500             # bound of each exit wait, so close() returns quickly
     io_drain_s: float = 2.0             # after an exit, how long the log may still drain
+    operation_timeout_ms: int = 240_000  # create/start of a system (hcsshim's default); cancelled after
 
 
 @dataclass
@@ -101,7 +102,8 @@ class WindowsBackend:
         self._p = platform
         self._store = StateStore(os.path.join(config.state_dir, "pods"))
         engine_cfg = EngineConfig(owner=config.owner, host=ocimap.HostInfo(config.host_processors),
-                                  uvm=config.uvm, uvm_dir=os.path.join(config.state_dir, "uvm"))
+                                  uvm=config.uvm, uvm_dir=os.path.join(config.state_dir, "uvm"),
+                                  create_timeout_ms=config.operation_timeout_ms)
         self._hcs_engine = HcsEngine(platform.hcs, platform.layers, platform.namespaces, engine_cfg,
                                      platform.resolve_path)
         self._job_engine = JobEngine(platform.jobs, platform.layers, engine_cfg)
@@ -192,7 +194,7 @@ class WindowsBackend:
             isolation = Isolation.HYPERV if (win.hyperv or self._cfg.hyperv) else Isolation.PROCESS
         if win.network_namespace and not ocimap.GUID_RE.match(win.network_namespace):
             raise InvalidSpec("windows.network_namespace", f"{win.network_namespace!r} is not an HCN namespace GUID")
-        pod = Pod(spec=spec, isolation=isolation)
+        pod = Pod(spec=spec, isolation=isolation, uvm_id=f"{spec.id}@vm" if isolation is Isolation.HYPERV else "")
         self._pods[spec.id] = pod
         try:
             await self._blocking(self._save, pod)

@@ -132,12 +132,14 @@ class HcsEngine:
         assert c.system is not None
         self._hcs.start_system(c.system, self._cfg.create_timeout_ms)
         params = ocimap.process_parameters(c.oci.get("process") or {}, stdin=c.spec.stdio.stdin)
-        return HcsProc(self._hcs, self._hcs.create_process(c.system, json.dumps(S.to_json(params))))
+        return HcsProc(self._hcs, self._hcs.create_process(c.system, json.dumps(S.to_json(params)),
+                                                           self._cfg.create_timeout_ms))
 
     def exec(self, c: Ctr, process: dict[str, Any], stdin: bool) -> Proc:
         assert c.system is not None
         params = ocimap.process_parameters(process, stdin=stdin, where="exec")
-        return HcsProc(self._hcs, self._hcs.create_process(c.system, json.dumps(S.to_json(params))))
+        return HcsProc(self._hcs, self._hcs.create_process(c.system, json.dumps(S.to_json(params)),
+                                                           self._cfg.create_timeout_ms))
 
     def after_exit(self, c: Ctr) -> None:
         if c.system is not None:
@@ -203,7 +205,7 @@ class HcsEngine:
     def _ensure_uvm(self, pod: Pod, base: str, save: Callable[[], None]) -> SystemHandle:
         if pod.uvm is not None:
             return pod.uvm
-        pod.uvm_id = f"{pod.id}@vm"
+        pod.uvm_id = pod.uvm_id or f"{pod.id}@vm"
         pod.uvm_scratch = os.path.join(self._cfg.uvm_dir, pod.id, layer_mount.SCRATCH_NAME)
         layer_mount.create_uvm_scratch(pod.uvm_scratch, base)
         self._hcs.grant_vm_access(pod.uvm_id, pod.uvm_scratch)

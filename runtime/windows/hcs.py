@@ -305,14 +305,15 @@ class ComputeCoreApi:
                     self._cancel(op)
                     self._close_raw_process(out)
                     raise HcsError("HcsCreateProcess", hr, doc)
-                if failed(hr) and not out.value:
+                if failed(hr) and (not out.value or _abi.unsigned(hr) != _abi.HResult.E_INVALIDARG):
+                    self._close_raw_process(out)
                     raise HcsError("HcsCreateProcess", hr, doc)
             finally:
                 self._dll.HcsCloseOperation(op)
         handle = ProcessHandle(int(out.value or 0), f"{system.name} process")
         if failed(hr):
-            # WS2022 quirk (hcsshim System.createProcess): the wait can fail although a valid
-            # process came back; ask for the process information again, and only in that case.
+            # WS2022 quirk (hcsshim System.createProcess): the wait can fail with E_INVALIDARG although
+            # a valid process came back; ask for the process information again, and only in that case.
             log.warning("HcsCreateProcess wait failed with %s but returned a process; querying it",
                         _abi.hresult_name(hr))
             try:
