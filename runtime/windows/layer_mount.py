@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes as C
 import logging
+import ntpath
 import os
 import shutil
 import time
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 
 from runtime.base import InvalidSpec, RuntimeFailure
 from runtime.windows import _abi
-from runtime.windows._marshal import guid_in, guid_out, wstr, wstr_in
+from runtime.windows._marshal import guid_in, guid_out, wstr
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,11 @@ def create_uvm_scratch(target: str, base_layer: str) -> str:
     return target
 
 
+def folder_name(path: str) -> str:
+    """The last component of a Windows or POSIX path (NameToGuid hashes the layer folder's name)."""
+    return ntpath.basename(path.rstrip("\\/"))
+
+
 def disk_usage(path: str) -> tuple[int, int]:
     """(bytes, inodes) below `path`, for the writable-layer stats."""
     total, count = 0, 0
@@ -120,7 +126,7 @@ class VmcomputeLayers:
 
     def _call(self, name: str, path: str, *args: Any) -> None:
         fn = getattr(self._dll, name)
-        p = wstr_in(path)
+        p = wstr(path)
         for attempt in range(ATTEMPTS):
             hr = _abi.unsigned(fn(C.byref(self._info), p, *args))
             if hr == 0:
@@ -131,7 +137,7 @@ class VmcomputeLayers:
 
     def layer_id(self, layer_path: str) -> str:
         g = _abi.GUID()
-        name = wstr_in(os.path.basename(layer_path.rstrip("\\/")))
+        name = wstr(folder_name(layer_path))
         hr = _abi.unsigned(self._dll.NameToGuid(name, C.byref(g)))
         if hr:
             raise LayerError("NameToGuid", hr, layer_path)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.windows.jobobject import JobAccounting, JobLimits, JobProcessSpec, SpawnedProcess
-from runtime.windows.layer_mount import SCRATCH_NAME, LayerError
+from runtime.windows.layer_mount import SCRATCH_NAME, LayerError, folder_name
 from runtime.windows.network import HCN_E_NAMESPACE_NOT_FOUND, HcnError
 from runtime.windows.testing.fake_hcs import Program, _write_all
 
@@ -35,7 +35,7 @@ class FakeLayers:
         self.expanded: dict[str, int] = {}
 
     def layer_id(self, layer_path: str) -> str:
-        return str(uuid.uuid5(FAKE_LAYER_NAMESPACE, os.path.basename(layer_path.rstrip("\\/"))))
+        return str(uuid.uuid5(FAKE_LAYER_NAMESPACE, folder_name(layer_path)))
 
     def mount(self, scratch_dir: str, parents: Sequence[str]) -> str:
         with self.lock:
