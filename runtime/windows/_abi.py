@@ -197,6 +197,27 @@ KERNEL32: dict[str, Signature] = {
     "LocalFree": (PVOID, [PVOID]),
 }
 
+class SERVICE_STATUS(C.Structure):
+    _fields_ = [("dwServiceType", DWORD), ("dwCurrentState", DWORD), ("dwControlsAccepted", DWORD),
+                ("dwWin32ExitCode", DWORD), ("dwServiceSpecificExitCode", DWORD), ("dwCheckPoint", DWORD),
+                ("dwWaitHint", DWORD)]
+
+
+class SERVICE_TABLE_ENTRYW(C.Structure):
+    _fields_ = [("lpServiceName", C.c_void_p), ("lpServiceProc", C.c_void_p)]
+
+
+# LPSERVICE_MAIN_FUNCTIONW and LPHANDLER_FUNCTION_EX (WINAPI = the one x64 convention).
+SERVICE_MAIN = C.CFUNCTYPE(None, DWORD, C.c_void_p)
+HANDLER_EX = C.CFUNCTYPE(DWORD, DWORD, DWORD, C.c_void_p, C.c_void_p)
+
+# advapi32.dll: the service control manager (cri_shim.windows_service).
+ADVAPI32: dict[str, Signature] = {
+    "StartServiceCtrlDispatcherW": (BOOL, [C.POINTER(SERVICE_TABLE_ENTRYW)]),
+    "RegisterServiceCtrlHandlerExW": (HANDLE, [WSTR_IN, HANDLER_EX, PVOID]),
+    "SetServiceStatus": (BOOL, [HANDLE, C.POINTER(SERVICE_STATUS)]),
+}
+
 # ntdll.dll: NtResumeProcess is undocumented (used by hcsshim and Process Explorer); NTSTATUS is int32.
 NTDLL: dict[str, Signature] = {
     "NtResumeProcess": (C.c_int32, [HANDLE]),

@@ -22,7 +22,8 @@ from runtime.windows import _abi
 
 INCLUDE = Path("/usr/share/mingw-w64/include")
 LIB = Path("/usr/x86_64-w64-mingw32/lib")
-PROTOTYPE = re.compile(r"^\s*(?:WINBASEAPI\s+)?(\w[\w\s\*]*?)\s+WINAPI\s+(\w+)\s*\(([^)]*)\)\s*;", re.M)
+PROTOTYPE = re.compile(r"^\s*(?:WINBASEAPI\s+|WINADVAPI\s+)?(\w[\w\s\*]*?)\s+WINAPI\s+(\w+)\s*\(([^)]*)\)\s*;",
+                       re.M)
 
 # C type (as written in the headers) -> the class of value crossing the ABI.
 C_KIND = {
@@ -42,6 +43,8 @@ C_KIND = {
     "LPDWORD": "out_uint32",
     "REFGUID": "guid",
     "HCS_PROCESS_INFORMATION*": "process_information",
+    "SERVICE_STATUS_HANDLE": "ptr", "LPHANDLER_FUNCTION_EX": "ptr",
+    "CONSTSERVICE_TABLE_ENTRYW*": "service_table", "LPSERVICE_STATUS": "service_status",
 }
 
 
@@ -65,6 +68,12 @@ def ctypes_kind(t: Any) -> set[str]:
         return {"guid"}
     if t is C.POINTER(_abi.HCS_PROCESS_INFORMATION):
         return {"process_information"}
+    if t is C.POINTER(_abi.SERVICE_TABLE_ENTRYW):
+        return {"service_table"}
+    if t is C.POINTER(_abi.SERVICE_STATUS):
+        return {"service_status"}
+    if t is _abi.HANDLER_EX:
+        return {"ptr"}
     raise AssertionError(f"unexpected ctypes type {t}")
 
 
@@ -100,6 +109,7 @@ TABLES = [
     ("computenetwork", _abi.COMPUTENETWORK, ("computenetwork.h",), "libcomputenetwork.a"),
     ("kernel32", _abi.KERNEL32, ("winbase.h", "handleapi.h", "processthreadsapi.h", "synchapi.h", "wincon.h"),
      "libkernel32.a"),
+    ("advapi32", _abi.ADVAPI32, ("winsvc.h",), "libadvapi32.a"),
 ]
 
 
@@ -195,6 +205,8 @@ def test_vmcompute_layer_exports_match_hcsshims_declarations() -> None:
     (_abi.JOBOBJECT_EXTENDED_LIMIT_INFORMATION, 144, {"IoInfo": 64, "ProcessMemoryLimit": 112,
                                                       "JobMemoryLimit": 120, "PeakJobMemoryUsed": 136}),
     (_abi.JOBOBJECT_CPU_RATE_CONTROL_INFORMATION, 8, {"ControlFlags": 0, "Value": 4}),
+    (_abi.SERVICE_STATUS, 28, {"dwCurrentState": 4, "dwWaitHint": 24}),
+    (_abi.SERVICE_TABLE_ENTRYW, 16, {"lpServiceName": 0, "lpServiceProc": 8}),
     (_abi.JOBOBJECT_BASIC_ACCOUNTING_INFORMATION, 48, {"TotalPageFaultCount": 32, "ActiveProcesses": 40}),
 ])
 def test_struct_layouts_are_the_x64_windows_ones(struct: Any, size: int, offsets: dict[str, int]) -> None:
