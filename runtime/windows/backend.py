@@ -218,6 +218,7 @@ class WindowsBackend:
         await asyncio.gather(*(self.stop_container(cid, timeout) for cid in running))
         async with self._lock(sandbox_id):
             pod.state = SandboxState.NOTREADY
+            pod.stopping = True
             # Hyper-V: the utility VM is the sandbox; nothing runs in it any more.
             await self._blocking(self._engine(pod).release_pod, pod)
             await self._blocking(self._save, pod)
@@ -265,6 +266,8 @@ class WindowsBackend:
         except ValueError as e:
             raise InvalidSpec("config.json", str(e)) from None
         _check_host_process(pod, spec_doc)
+        if spec.rootfs.readonly:
+            raise Unsupported("rootfs.readonly: Windows containers cannot have a read-only root filesystem")
         c = Ctr(spec=spec, oci=spec_doc, created_at=self._p.clock())
         engine = self._engine(pod)
         async with self._lock(spec.id):
@@ -277,7 +280,42 @@ class WindowsBackend:
                 await self._undo_create(pod, c, engine)
                 raise
             await self._blocking(self._save, pod)
+        self._watch_uvm(pod)
         return c.status()
+
+    def _watch_uvm(self, pod: Pod) -> None:
+        """Hyper-V: the utility VM is the pod's monitor; if it dies, the pod is lost (MONITOR_LOST)."""
+        uvm = pod.uvm
+        if uvm is None or (pod.uvm_watcher is not None and pod.uvm_watcher.is_alive()):
+            return
+
+        def watch() -> None:
+            while not self._closing.is_set():
+                try:
+                    if self._p.hcs.wait_system_exit(uvm, self._cfg.exit_poll_ms) is not None:
+                        break
+                except RuntimeFailure:
+                    return          # the handle was closed: the pod was released
+            loop = self._loop
+            if loop is not None and not self._closing.is_set() and not pod.stopping:
+                try:
+                    loop.call_soon_threadsafe(self._uvm_lost, pod)
+                except RuntimeError:
+                    pass
+
+        pod.uvm_watcher = threading.Thread(target=watch, name=f"pod-{pod.id[:12]}-uvm", daemon=True)
+        pod.uvm_watcher.start()
+
+    def _uvm_lost(self, pod: Pod) -> None:
+        if pod.stopping or pod.id not in self._pods:
+            return
+        log.error("the utility VM of pod %s exited unexpectedly", pod.id)
+        pod.state = SandboxState.NOTREADY
+        try:
+            self._save(pod)
+        except OSError as e:
+            log.error("cannot record the loss of pod %s: %s", pod.id, e)
+        self._emit(RuntimeEvent(EventKind.MONITOR_LOST, pod.id, None))
 
     async def _undo_create(self, pod: Pod, c: Ctr, engine: Engine) -> None:
         try:

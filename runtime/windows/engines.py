@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -206,6 +207,7 @@ class HcsEngine:
         if pod.uvm is not None:
             return pod.uvm
         pod.uvm_id = pod.uvm_id or f"{pod.id}@vm"
+        pod.stopping = False
         pod.uvm_scratch = os.path.join(self._cfg.uvm_dir, pod.id, layer_mount.SCRATCH_NAME)
         layer_mount.create_uvm_scratch(pod.uvm_scratch, base)
         self._hcs.grant_vm_access(pod.uvm_id, pod.uvm_scratch)
@@ -285,7 +287,10 @@ class HcsEngine:
                     raise
                 pod.uvm_created = False
         if pod.uvm is not None:
+            pod.stopping = True
             self._stop_system(pod.uvm)
+            if pod.uvm_watcher is not None and pod.uvm_watcher is not threading.current_thread():
+                pod.uvm_watcher.join(30)
             self._hcs.close_system(pod.uvm)
             pod.uvm = None
             pod.uvm_created = False

@@ -105,6 +105,8 @@ class Pod:
     next_lun: int = 1              # LUN 0 of controller 0 is the utility VM's own scratch
     share_refs: dict[str, int] = field(default_factory=dict)
     uvm: SystemHandle | None = None
+    uvm_watcher: threading.Thread | None = None
+    stopping: bool = False                 # stop_sandbox/remove_sandbox took the utility VM down on purpose
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property

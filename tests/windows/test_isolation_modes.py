@@ -7,12 +7,13 @@ is verified only on a real node. HostProcess: job objects instead of HCS.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
 
-from runtime.base import ContainerState, ExecSpec, InvalidSpec, Unsupported
+from runtime.base import ContainerState, EventKind, ExecSpec, InvalidSpec, SandboxState, Unsupported
 from runtime.windows.testing.fake_hcs import Program
 from tests.windows.conftest import NAMESPACE, World, run
 
@@ -178,3 +179,59 @@ def test_host_process_update_changes_the_job_limits(world: World) -> None:
 
     run(flow())
     assert world.problems() == []
+
+
+def test_a_dying_utility_vm_is_reported_as_a_lost_monitor(world: World) -> None:
+    world.fake.program("srv", Program(until_signalled=True))
+    spec = world.container(C1, args=("srv",))
+
+    async def flow() -> None:
+        b = world.backend(hyperv=True)
+        await b.create_sandbox(world.pod())
+        await b.create_container(spec)
+        await b.start_container(C1)
+        world.fake.crash(f"{POD}@vm")
+        for _ in range(200):
+            if (await b.sandbox_status(POD)).state is SandboxState.NOTREADY and \
+                    (await b.container_status(C1)).state is ContainerState.EXITED:
+                break
+            await asyncio.sleep(0.02)
+        assert (await b.sandbox_status(POD)).state is SandboxState.NOTREADY
+        assert (await b.container_status(C1)).state is ContainerState.EXITED
+        await b.remove_sandbox(POD)
+
+    run(flow())
+    kinds = [(e.kind, e.container_id) for e in world.events]
+    assert (EventKind.MONITOR_LOST, None) in kinds and (EventKind.EXITED, C1) in kinds
+    assert world.problems() == []
+
+
+def test_stopping_a_hyperv_pod_is_not_a_lost_monitor(world: World) -> None:
+    spec = world.container(C1)
+
+    async def flow() -> None:
+        b = world.backend(hyperv=True)
+        await b.create_sandbox(world.pod())
+        await b.create_container(spec)
+        await b.stop_sandbox(POD, 1)
+        await b.remove_sandbox(POD)
+
+    run(flow())
+    assert [e.kind for e in world.events if e.kind is EventKind.MONITOR_LOST] == []
+    assert world.problems() == []
+
+
+def test_a_read_only_root_is_refused_on_windows(world: World) -> None:
+    from dataclasses import replace
+    spec = world.container(C1)
+    spec = replace(spec, rootfs=replace(spec.rootfs, readonly=True))
+
+    async def flow() -> None:
+        b = world.backend()
+        await b.create_sandbox(world.pod())
+        with pytest.raises(Unsupported, match="read-only root"):
+            await b.create_container(spec)
+        await b.remove_sandbox(POD)
+
+    run(flow())
+    assert world.fake.calls == []
