@@ -575,7 +575,8 @@ class WindowsBackend:
     async def attach(self, container_id: str, stdin: bool, stdout: bool, stderr: bool) -> IOSession:
         pod, c = self._running_ctr(container_id)
         proc = c.proc
-        assert proc is not None
+        if proc is None:
+            raise WrongState(f"container {container_id} is not running")
         io = self._io(pod)
         streams = sum(1 for p in c.pumps if not p.done.is_set())
         write = close = None
@@ -712,6 +713,10 @@ class WindowsBackend:
                 if c.system is not None:
                     self._p.hcs.close_system(c.system)
                     c.system = None
+                if c.job is not None:
+                    # No kill-on-close: the HostProcess container keeps running and is reopened by name.
+                    self._p.jobs.close(c.job)
+                    c.job = None
                 self._close_stdin(pod, c)
                 if c.log is not None:
                     c.log.close_file()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runtime.base import InvalidSpec, Unsupported
+from runtime.base import InvalidSpec, MonitorLost, Unsupported
 from runtime.windows import _abi, jobobject, layer_mount, ocimap
 from runtime.windows import schema as S
 from runtime.windows.hcs import HcsApi, HcsError, SystemHandle
@@ -69,6 +69,18 @@ class Engine(Protocol):
     def release_pod(self, pod: Pod) -> None:
         """Everything the pod itself holds (the utility VM); idempotent."""
         ...
+
+
+def _system(c: Ctr) -> SystemHandle:
+    if c.system is None:
+        raise MonitorLost(f"container {c.id}: its HCS compute system is gone")
+    return c.system
+
+
+def _job(c: Ctr) -> int:
+    if c.job is None:
+        raise MonitorLost(f"container {c.id}: its job object is gone")
+    return c.job
 
 
 def _layers(c: Ctr) -> tuple[str, ...]:
@@ -130,16 +142,15 @@ class HcsEngine:
             raise
 
     def start(self, c: Ctr) -> Proc:
-        assert c.system is not None
-        self._hcs.start_system(c.system, self._cfg.create_timeout_ms)
+        system = _system(c)
+        self._hcs.start_system(system, self._cfg.create_timeout_ms)
         params = ocimap.process_parameters(c.oci.get("process") or {}, stdin=c.spec.stdio.stdin)
-        return HcsProc(self._hcs, self._hcs.create_process(c.system, json.dumps(S.to_json(params)),
+        return HcsProc(self._hcs, self._hcs.create_process(_system(c), json.dumps(S.to_json(params)),
                                                            self._cfg.create_timeout_ms))
 
     def exec(self, c: Ctr, process: dict[str, Any], stdin: bool) -> Proc:
-        assert c.system is not None
         params = ocimap.process_parameters(process, stdin=stdin, where="exec")
-        return HcsProc(self._hcs, self._hcs.create_process(c.system, json.dumps(S.to_json(params)),
+        return HcsProc(self._hcs, self._hcs.create_process(_system(c), json.dumps(S.to_json(params)),
                                                            self._cfg.create_timeout_ms))
 
     def after_exit(self, c: Ctr) -> None:
@@ -177,15 +188,13 @@ class HcsEngine:
             self._detach_from_uvm(pod, c)
 
     def stats(self, c: Ctr) -> S.Statistics:
-        assert c.system is not None
         query = json.dumps(S.to_json(S.PropertyQuery((S.PropertyType.STATISTICS,))))
-        props = S.Properties.parse(json.loads(self._hcs.system_properties(c.system, query)))
+        props = S.Properties.parse(json.loads(self._hcs.system_properties(_system(c), query)))
         return props.statistics or S.Statistics()
 
     def update(self, c: Ctr, resources: dict[str, Any]) -> None:
-        assert c.system is not None
         for request in ocimap.update_requests(resources, self._cfg.host):
-            self._hcs.modify_system(c.system, json.dumps(S.to_json(request)))
+            self._hcs.modify_system(_system(c), json.dumps(S.to_json(request)))
 
     def reattach(self, pod: Pod, c: Ctr) -> Proc | None:
         try:
@@ -358,13 +367,12 @@ class JobEngine:
                               env=env, stdin=stdin)
 
     def start(self, c: Ctr) -> Proc:
-        assert c.job is not None
-        spawned = self._jobs.spawn(c.job, self._spec(c, c.oci.get("process") or {}, c.spec.stdio.stdin))
-        return JobProc(self._jobs, c.job, spawned, main=True)
+        spawned = self._jobs.spawn(_job(c), self._spec(c, c.oci.get("process") or {}, c.spec.stdio.stdin))
+        return JobProc(self._jobs, _job(c), spawned, main=True)
 
     def exec(self, c: Ctr, process: dict[str, Any], stdin: bool) -> Proc:
-        assert c.job is not None
-        return JobProc(self._jobs, c.job, self._jobs.spawn(c.job, self._spec(c, process, stdin)), main=False)
+        job = _job(c)
+        return JobProc(self._jobs, job, self._jobs.spawn(job, self._spec(c, process, stdin)), main=False)
 
     def after_exit(self, c: Ctr) -> None:
         if c.job is not None:
@@ -382,13 +390,11 @@ class JobEngine:
             c.mounted = False
 
     def stats(self, c: Ctr) -> S.Statistics:
-        assert c.job is not None
-        acct = self._jobs.accounting(c.job)
+        acct = self._jobs.accounting(_job(c))
         return S.Statistics(total_runtime_100ns=acct.cpu_100ns)
 
     def update(self, c: Ctr, resources: dict[str, Any]) -> None:
-        assert c.job is not None
-        self._jobs.set_limits(c.job, jobobject.limits(resources, self._cfg.host.logical_processors))
+        self._jobs.set_limits(_job(c), jobobject.limits(resources, self._cfg.host.logical_processors))
 
     def reattach(self, pod: Pod, c: Ctr) -> Proc | None:
         c.job = self._jobs.open(c.job_name) if c.job_name else None

@@ -190,3 +190,29 @@ def test_attach_sees_output_and_feeds_stdin_of_the_main_process(world: World) ->
     log = (world.root / "logs" / POD / f"{C1}.log").read_text()
     assert log.endswith("stdout F through attach\n")
     assert world.problems() == []
+
+
+def test_a_host_process_container_is_found_again_after_a_restart(world: World) -> None:
+    world.jobs.program("agent", Program(until_signalled=True, on_ctrl_shutdown=0))
+    spec = world.container(C1, args=("agent",), host_process=True)
+
+    async def first_daemon() -> None:
+        b = world.backend()
+        await b.create_sandbox(world.pod(host_process=True))
+        await b.create_container(spec)
+        await b.start_container(C1)
+        await b.close()
+
+    async def second_daemon() -> None:
+        b = world.backend()
+        recovered = await b.recover([POD])
+        assert [c.state for c in recovered[0].containers] == [ContainerState.RUNNING]
+        stopped = await b.stop_container(C1, 5)
+        # The exit code lived in the old daemon's process handle; the job only tells that it emptied.
+        assert (stopped.state, stopped.exit_code) == (ContainerState.EXITED, 255)
+        await b.remove_sandbox(POD)
+
+    run(first_daemon())
+    assert world.jobs.open_handles() == []       # closed at daemon shutdown, the job itself lives on
+    run(second_daemon())
+    assert world.problems() == []
