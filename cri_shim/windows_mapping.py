@@ -348,3 +348,31 @@ def nano_cores(previous: base.ContainerStats | None, current: base.ContainerStat
     if elapsed <= 0 or used < 0:
         return None
     return used * 1_000_000_000 // elapsed
+
+
+def sandbox_stats(stats: base.SandboxStats, containers: dict[str, pb.ContainerAttributes],
+                  previous: base.SandboxStats | None = None) -> pb.WindowsPodSandboxStats:
+    """Backend pod stats -> CRI WindowsPodSandboxStats, for PodSandboxStats.windows (the caller sets
+    PodSandboxStats.attributes); containers without attributes are skipped."""
+    out = pb.WindowsPodSandboxStats()
+    ts = stats.timestamp_ns
+    out.cpu.timestamp = ts
+    if stats.cpu_usage_ns is not None:
+        out.cpu.usage_core_nano_seconds.value = stats.cpu_usage_ns
+        if previous is not None and previous.cpu_usage_ns is not None and ts > previous.timestamp_ns \
+                and stats.cpu_usage_ns >= previous.cpu_usage_ns:
+            out.cpu.usage_nano_cores.value = ((stats.cpu_usage_ns - previous.cpu_usage_ns) * 1_000_000_000
+                                              // (ts - previous.timestamp_ns))
+    out.memory.timestamp = ts
+    if stats.memory_working_set_bytes is not None:
+        out.memory.working_set_bytes.value = stats.memory_working_set_bytes
+    if stats.memory_usage_bytes is not None:
+        out.memory.commit_memory_bytes.value = stats.memory_usage_bytes
+    out.process.timestamp = ts
+    if stats.pids is not None:
+        out.process.process_count.value = stats.pids
+    for cid, cstats in stats.containers.items():
+        if cid in containers:
+            before = previous.containers.get(cid) if previous is not None else None
+            out.containers.append(container_stats(cstats, containers[cid], before))
+    return out

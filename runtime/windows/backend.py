@@ -422,12 +422,20 @@ class WindowsBackend:
         self._emit(RuntimeEvent(EventKind.EXITED, pod.id, c.id, c.status()))
 
     def _close_stdin(self, pod: Pod, c: Ctr) -> None:
-        stdin, c.stdin = c.stdin, None
-        if stdin is not None:
-            try:
-                self._io(pod).close(stdin)
-            except OSError:
-                pass
+        with c.stdin_lock:
+            stdin, c.stdin = c.stdin, None
+            if stdin is not None:
+                try:
+                    self._io(pod).close(stdin)
+                except OSError:
+                    pass
+
+    def _write_stdin(self, pod: Pod, c: Ctr, data: bytes) -> None:
+        # Under the lock: a handle value closed by the exit path may already name another open file.
+        with c.stdin_lock:
+            if c.stdin is None:
+                raise BrokenPipeError(f"the stdin of container {c.id} is closed")
+            self._io(pod).write(c.stdin, data)
 
     async def kill_container(self, container_id: str, signal: int) -> None:
         pod, c = self._ctr(container_id)
@@ -577,15 +585,14 @@ class WindowsBackend:
         proc = c.proc
         if proc is None:
             raise WrongState(f"container {container_id} is not running")
-        io = self._io(pod)
         streams = sum(1 for p in c.pumps if not p.done.is_set())
         write = close = None
         if stdin and c.stdin is not None:
-            handle = c.stdin
-            write = lambda data: io.write(handle, data)   # noqa: E731
+            write = lambda data: self._write_stdin(pod, c, data)   # noqa: E731
             close = (lambda: self._close_attached_stdin(pod, c, proc)) if c.spec.stdio.stdin_once else None
+        wanted = {k for k, on in ((StreamKind.STDOUT, stdout), (StreamKind.STDERR, stderr)) if on}
         return AttachSession(self._bind_loop(), c.listeners, streams, write, close,
-                             lambda h, w: proc.resize(h, w), c.exited, lambda: c.exit_code)
+                             lambda h, w: proc.resize(h, w), c.exited, lambda: c.exit_code, wanted=wanted)
 
     def _close_attached_stdin(self, pod: Pod, c: Ctr, proc: Proc) -> None:
         self._close_stdin(pod, c)

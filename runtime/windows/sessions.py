@@ -117,10 +117,12 @@ class AttachSession:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, listeners: Broadcast, streams: int,
                  write: Callable[[bytes], None] | None, close_stdin: Callable[[], None] | None,
-                 resize: Callable[[int, int], None], exited: asyncio.Event, exit_code: Callable[[], int]) -> None:
+                 resize: Callable[[int, int], None], exited: asyncio.Event, exit_code: Callable[[], int],
+                 wanted: set[StreamKind] | None = None) -> None:
         self._listeners = listeners
         self._queue_listener = AsyncQueueListener(loop, streams)
-        self._forward: Callable[[StreamKind, bytes | None], None] = self._queue_listener
+        self._wanted = {StreamKind.STDOUT, StreamKind.STDERR} if wanted is None else wanted
+        self._forward: Callable[[StreamKind, bytes | None], None] = self._filtered
         listeners.add(self._forward)
         self._write = write
         self._close_stdin_fn = close_stdin
@@ -129,6 +131,11 @@ class AttachSession:
         self._exit_code = exit_code
         if streams == 0:
             loop.call_soon(self._queue_listener.queue.put_nowait, None)
+
+    def _filtered(self, kind: StreamKind, data: bytes | None) -> None:
+        # End-of-stream always passes, so read() ends when the container's output does.
+        if data is None or kind in self._wanted:
+            self._queue_listener(kind, data)
 
     async def write_stdin(self, data: bytes) -> None:
         if self._write is None:

@@ -59,6 +59,7 @@ class Ctr:
     log: LogSink | None = None
     pumps: list[OutputPump] = field(default_factory=list)
     stdin: int | None = None
+    stdin_lock: threading.Lock = field(default_factory=threading.Lock)   # stdin is closed while attach writes
     listeners: Broadcast = field(default_factory=Broadcast)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: threading.Thread | None = None

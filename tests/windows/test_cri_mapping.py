@@ -296,3 +296,14 @@ def test_cri_flow_from_cri_messages_to_the_fake_hcs(world: World, handler: str, 
         assert systems == ([f"{POD_ID}@vm", cid] if handler == M.HANDLER_HYPERV else [cid])
         assert world.fake.violations == []
     assert world.problems() == []
+
+
+def test_pod_stats_sum_up_for_windows_pod_sandbox_stats() -> None:
+    c1 = base.ContainerStats(timestamp_ns=2_000_000_000, cpu_usage_ns=300, memory_working_set_bytes=10)
+    before = base.SandboxStats(timestamp_ns=1_000_000_000, cpu_usage_ns=0, containers={})
+    now = base.SandboxStats(timestamp_ns=2_000_000_000, cpu_usage_ns=1_000_000_000, memory_working_set_bytes=10,
+                            pids=3, containers={"c1": c1, "gone": c1})
+    out = M.sandbox_stats(now, {"c1": pb.ContainerAttributes(id="c1")}, before)
+    assert out.cpu.usage_nano_cores.value == 1_000_000_000        # one core busy for the second
+    assert out.process.process_count.value == 3
+    assert [c.attributes.id for c in out.containers] == ["c1"]

@@ -216,3 +216,28 @@ def test_a_host_process_container_is_found_again_after_a_restart(world: World) -
     assert world.jobs.open_handles() == []       # closed at daemon shutdown, the job itself lives on
     run(second_daemon())
     assert world.problems() == []
+
+
+def test_attach_honours_the_stream_selection_and_refuses_stdin_after_exit(world: World) -> None:
+    world.fake.program("cat", Program(echo_stdin=True))
+    spec = world.container(C1, args=("cat",), stdin=True)
+
+    async def flow() -> None:
+        b = world.backend()
+        await b.create_sandbox(world.pod())
+        await b.create_container(spec)
+        await b.start_container(C1)
+        session = await b.attach(C1, True, False, True)          # stderr only
+        await session.write_stdin(b"not for this client\n")
+        await b.stop_container(C1, 0)
+        assert await asyncio.wait_for(session.read(), 5) is None  # stdout data filtered, then both EOFs
+        try:
+            await session.write_stdin(b"late")
+            raise AssertionError("stdin of an exited container accepted data")
+        except BrokenPipeError:
+            pass
+        await session.close()
+        await b.remove_sandbox(POD)
+
+    run(flow())
+    assert world.problems() == []
