@@ -30,6 +30,7 @@ MIN_BUILD = 20348      # Windows Server 2022: HcsWaitForProcessExit / HcsWaitFor
 @dataclass(frozen=True)
 class Dlls:
     computecore: Any
+    computestorage: Any
     computenetwork: Any
     vmcompute: Any
     kernel32: Any
@@ -51,10 +52,12 @@ def load_dlls() -> Dlls:
     """Load and bind every DLL (raises AttributeError if this Windows build lacks an export)."""
     _require_windows()
     win_dll: Callable[..., Any] = getattr(C, "WinDLL")
-    dlls = Dlls(computecore=win_dll("computecore.dll"), computenetwork=win_dll("computenetwork.dll"),
+    dlls = Dlls(computecore=win_dll("computecore.dll"), computestorage=win_dll("computestorage.dll"),
+                computenetwork=win_dll("computenetwork.dll"),
                 vmcompute=win_dll("vmcompute.dll"), kernel32=win_dll("kernel32.dll", use_last_error=True),
                 ntdll=win_dll("ntdll.dll"), ole32=win_dll("ole32.dll"))
-    for dll, table in ((dlls.computecore, _abi.COMPUTECORE), (dlls.computenetwork, _abi.COMPUTENETWORK),
+    for dll, table in ((dlls.computecore, _abi.COMPUTECORE), (dlls.computestorage, _abi.COMPUTESTORAGE),
+                       (dlls.computenetwork, _abi.COMPUTENETWORK),
                        (dlls.vmcompute, _abi.VMCOMPUTE_LAYERS), (dlls.kernel32, _abi.KERNEL32),
                        (dlls.ntdll, _abi.NTDLL), (dlls.ole32, _abi.OLE32)):
         hcs.bind(dll, table)
