@@ -333,6 +333,8 @@ class ComputeCoreApi:
         info = _abi.HCS_PROCESS_INFORMATION()
         with process.use() as h:
             op = self._dll.HcsCreateOperation(None, None)
+            if not op:
+                raise HcsError("HcsGetProcessInfo (HcsCreateOperation)", 0x8007000E)
             try:
                 hr = self._dll.HcsGetProcessInfo(h, op)
                 if failed(hr):
