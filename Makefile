@@ -85,8 +85,14 @@ integration: venv stubs tools
 conformance: venv stubs tools
 	$(PY) -m tests.conformance.run --critest $(BIN)/critest --update
 
+# The whole suite on a CNI bridge (SPDY streaming), then the streaming specs over WebSocket, then the
+# network specs on the built-in network: each listed spec must pass in every pass that runs it.
 conformance-check: venv stubs tools
 	$(PY) -m tests.conformance.run --critest $(BIN)/critest
+	$(PY) -m tests.conformance.run --critest $(BIN)/critest -- -ginkgo.focus=Streaming \
+		-websocket-exec -websocket-attach -websocket-portforward
+	$(PY) -m tests.conformance.run --critest $(BIN)/critest --network builtin -- \
+		'-ginkgo.focus=Networking|Multiple Containers|portforward'
 
 test: deps venv stubs tools typecheck
 	$(PY) -m pytest tests -q
@@ -102,6 +108,11 @@ clean:
 .PHONY: bench-streaming
 bench-streaming: venv stubs $(BIN)/streaming-client
 	$(PY) bench/streaming.py
+
+# Native Linux runtime: pod shim start, container create+start vs runc create+start, per-pod PSS (root).
+.PHONY: bench-runtime
+bench-runtime: venv stubs
+	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cri-shim-bench} $(PY) -m bench.runtime
 
 # Install cri-shim as a systemd service: a venv in $(PREFIX), the unit, tmpfiles, and /etc/cri-shim/config.toml
 # and /etc/crictl.yaml when absent (an existing config is never overwritten). Then:

@@ -30,8 +30,21 @@ from cri_shim.server.image_service import ImageService
 from cri_shim.server.interceptor import CriInterceptor
 from cri_shim.server.metrics import Metrics
 from cri_shim.server.runtime_service import RuntimeService
+from cri_shim.services import container_exits, restart
+from cri_shim.services.failpoints import Failpoints
+from cri_shim.services.phases import PhaseTimers
+from cri_shim.network.manager import PodNetworkManager
+from cri_shim.services.runtime_state import RuntimeState
+from cri_shim.services.status import HandlerInfo
+from cri_shim.services.stream_target import LifecycleStreamTarget
+from cri_shim.store import container as container_store
+from cri_shim.store import sandbox as sandbox_store
 from cri_shim.store.db import MetadataStore
+from cri_shim.store.records import RecordStore
+from cri_shim.streaming import StreamingServer
+from runtime import base
 from runtime.linux import host as linux_host
+from runtime.linux.backend import LinuxBackend
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +145,50 @@ class Daemon:
         resources.callback(store.close)
         images = image_store.build(cfg, store)
         resources.callback(images.close)
-        return DaemonContext(config=cfg, store=store, host=host, metrics=Metrics(), images=images)
+        for sub in ("sandboxes", "containers"):
+            _mkdir(cfg.root_dir / sub, 0o700, sub)
+        metrics = Metrics()
+        network = PodNetworkManager(cfg, store, registry=metrics.registry)
+        handlers = self._handlers()
+        lifecycle = RuntimeState(
+            config=cfg, images=images, handlers=handlers, network=network,
+            sandboxes=RecordStore(store, sandbox_store.TABLE, sandbox_store.Sandbox.from_row),
+            containers=RecordStore(store, container_store.TABLE, container_store.Container.from_row),
+            failpoints=Failpoints.from_config(cfg.lifecycle.failpoints), phases=PhaseTimers(metrics.registry))
+        info = [HandlerInfo(name=name, recursive_read_only_mounts=b.features.recursive_read_only_mounts,
+                            user_namespaces=b.features.user_namespaces) for name, b in handlers.items()]
+        return DaemonContext(config=cfg, store=store, host=host, metrics=metrics, images=images,
+                             lifecycle=lifecycle, handlers=info)
+
+    def _handlers(self) -> dict[str, base.Backend]:
+        """Runtime handlers: "" is the native Linux runtime (the only one wired through the pod shim yet)."""
+        cfg = self.config
+        try:
+            native = LinuxBackend(cfg.state_dir, cgroup_driver=cfg.runtime.cgroup_driver,
+                                  log_level=cfg.server.log_level)
+        except base.RuntimeFailure as e:
+            raise StartupError(f"cannot set up the native Linux runtime: {e.message}") from None
+        return {"": native}
+
+    async def _start_lifecycle(self, ctx: DaemonContext) -> StreamingServer:
+        """Recover pods and containers, subscribe to exits, start the streaming server."""
+        state = ctx.lifecycle
+        for backend in {id(b): b for b in state.handlers.values()}.values():
+            backend.subscribe(lambda event: container_exits.on_runtime_event(state, event))
+        await restart.recover(state)
+        streaming = StreamingServer(self.config.streaming, LifecycleStreamTarget(state))
+        try:
+            await streaming.start()
+        except OSError as e:
+            raise StartupError(f"cannot start the streaming server on {self.config.streaming.address}:"
+                               f"{self.config.streaming.port}: {e.strerror}") from None
+        state.streaming = streaming
+        return streaming
+
+    async def _stop_lifecycle(self, ctx: DaemonContext, streaming: StreamingServer) -> None:
+        await streaming.stop()
+        for backend in {id(b): b for b in ctx.lifecycle.handlers.values()}.values():
+            await backend.close()   # disconnects from the pod shims; containers keep running
 
     async def run(self) -> None:
         with ExitStack() as resources:
@@ -145,9 +201,17 @@ class Daemon:
                     raise StartupError(f"cannot serve metrics on {self.config.server.metrics_address}: "
                                        f"{e.strerror}") from None
                 resources.callback(ctx.metrics.stop)
-            server = self._server = self._build_server(ctx)
-            await self._bind(server)
-            resources.callback(self._unlink_socket)
+            streaming = await self._start_lifecycle(ctx)
+            try:
+                await self._serve(ctx)
+            finally:
+                await self._stop_lifecycle(ctx, streaming)
+            log.info("stopped")
+
+    async def _serve(self, ctx: DaemonContext) -> None:
+        server = self._server = self._build_server(ctx)
+        await self._bind(server)
+        try:
             self._install_signal_handlers()
             await server.start()
             log.info("cri-shim %s serving CRI on unix://%s", __version__, self.config.socket_path)
@@ -156,7 +220,8 @@ class Daemon:
             sd_notify("STOPPING=1")
             log.info("stopping (grace %.1fs)", self.config.server.shutdown_timeout)
             await server.stop(self.config.server.shutdown_timeout)
-            log.info("stopped")
+        finally:
+            self._unlink_socket()
 
     def _build_server(self, ctx: DaemonContext) -> grpc.aio.Server:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import re
 import tomllib
 import types
 import typing
@@ -20,6 +21,7 @@ from typing import Any
 
 from cri_shim.errors import ConfigError, InvalidArgument
 from cri_shim.images import platform, reference
+from cri_shim.services.failpoints import parse_failpoints
 
 DEFAULT_CONFIG_FILE = Path("/etc/cri-shim/config.toml")
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
@@ -56,6 +58,22 @@ class NetworkConfig:
                              "/etc/cni/net.d")
     cni_bin_dirs: list[str] = _doc("Directories searched for CNI plugin binaries, in order.",
                                    ["/opt/cni/bin", "/usr/lib/cni"])
+    mode: str = _doc('Which network pods get: "auto" = the CNI network when a usable config exists, else the '
+                     'built-in bridge; "cni" = CNI only (NetworkReady is false without a config); "builtin" = '
+                     "always the built-in bridge.", "auto")
+    cni_plugin_timeout: float = _doc("Seconds one CNI plugin call (ADD, DEL, CHECK) may take before it is killed.",
+                                     60.0)
+    builtin_subnet: str = _doc("IPv4 subnet of the built-in network; the first address is the bridge's "
+                               "(the pods' gateway), the others go to pods. Must not overlap a network of the host.",
+                               "10.88.0.0/16")
+    builtin_bridge: str = _doc("Name of the built-in network's bridge (created when the first pod needs it).",
+                               "crishim0")
+    builtin_masquerade: bool = _doc("Masquerade (SNAT) pod traffic leaving the built-in network, so pods reach "
+                                    "other hosts without routes back to the pod subnet.", True)
+    nft_table: str = _doc("nftables table (family ip) holding the built-in network's NAT and hostPort rules.",
+                          "cri_shim")
+    host_resolv_conf: str = _doc("The host's resolv.conf, copied into pods that set no DNS config.",
+                                 "/etc/resolv.conf")
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,19 @@ class ImagesConfig:
 
 
 @dataclass(frozen=True)
+class LifecycleConfig:
+    cgroup_parent: str = _doc("cgroupfs parent of pods whose PodSandboxConfig has no cgroup_parent (crictl, critest): "
+                              "each such pod gets <cgroup_parent>/<sandbox id>. kubelet always sends its own "
+                              "(/kubepods/...). Must contain \"cri-shim\" so the pods are identifiable.",
+                              "/cri-shim")
+    creation_claim_timeout: float = _doc("Seconds a sandbox or container whose creator's deadline expired waits "
+                                         "for kubelet's retry (same metadata) before it is cleaned up.", 120.0)
+    failpoints: str = _doc('TEST ONLY: "phase=action,..." (actions: error, kill, delay:<s>) to inject failures '
+                           'into RunPodSandbox/CreateContainer/StartContainer/StopContainer/Remove*. "" = off; '
+                           "the CRI_SHIM_FAILPOINTS environment variable works the same way.", "")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -98,6 +129,7 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
 
     @property
     def socket_path(self) -> Path:
@@ -196,7 +228,9 @@ def _validate(config: Config, source: str) -> None:
     if s.metrics_address:
         parse_host_port(s.metrics_address, f"{source}: server.metrics_address")
     _validate_streaming(config.streaming, source)
+    _validate_network(config.network, source)
     _validate_images(config, source)
+    _validate_lifecycle(config.lifecycle, source)
     if config.runtime.cgroup_driver not in CGROUP_DRIVERS:
         raise ConfigError(f"{source}: runtime.cgroup_driver: must be one of {', '.join(CGROUP_DRIVERS)}, "
                           f"got {config.runtime.cgroup_driver!r}")
@@ -215,6 +249,56 @@ def _validate_streaming(st: StreamingConfig, source: str) -> None:
             raise ConfigError(f"{source}: streaming.{key}: must be > 0 seconds, got {getattr(st, key)}")
     if st.max_tokens < 1:
         raise ConfigError(f"{source}: streaming.max_tokens: must be >= 1, got {st.max_tokens}")
+
+
+NETWORK_MODES = ("auto", "cni", "builtin")
+IFNAME_MAX = 15  # IFNAMSIZ - 1
+_IFNAME_FORBIDDEN = set("/:\"' \t\n\0")
+
+
+def _validate_network(n: NetworkConfig, source: str) -> None:
+    if n.mode not in NETWORK_MODES:
+        raise ConfigError(f"{source}: network.mode: must be one of {', '.join(NETWORK_MODES)}, got {n.mode!r}")
+    for key, value in (("cni_conf_dir", n.cni_conf_dir), ("host_resolv_conf", n.host_resolv_conf)):
+        if not Path(value).is_absolute():
+            raise ConfigError(f"{source}: network.{key}: must be an absolute path, got {value!r}")
+    for d in n.cni_bin_dirs:
+        if not Path(d).is_absolute():
+            raise ConfigError(f"{source}: network.cni_bin_dirs: {d!r} is not an absolute path")
+    if n.cni_plugin_timeout <= 0:
+        raise ConfigError(f"{source}: network.cni_plugin_timeout: must be > 0 seconds, got {n.cni_plugin_timeout}")
+    problem = builtin_subnet_problem(n.builtin_subnet)
+    if problem:
+        raise ConfigError(f"{source}: network.builtin_subnet: {problem}")
+    b = n.builtin_bridge
+    if not b or len(b) > IFNAME_MAX or b in (".", "..") or set(b) & _IFNAME_FORBIDDEN:
+        raise ConfigError(f"{source}: network.builtin_bridge: {b!r} is not a valid interface name "
+                          f"(1-{IFNAME_MAX} characters, no '/', ':', quotes or spaces)")
+    if not _NFT_NAME.match(n.nft_table):
+        raise ConfigError(f"{source}: network.nft_table: {n.nft_table!r} is not a valid nftables table name "
+                          "(a letter, then letters, digits or '_', at most 64 characters)")
+
+
+_NFT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+def builtin_subnet_problem(text: str) -> str:
+    """Why `text` cannot be the built-in network's subnet, or "" when it can."""
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        return f"{text!r} is not an IPv4 subnet in CIDR form (e.g. 10.88.0.0/16): {e}"
+    if not isinstance(net, ipaddress.IPv4Network):
+        return f"{text!r} is IPv6; the built-in network is IPv4 only (use a CNI config for IPv6)"
+    if not 8 <= net.prefixlen <= 30:
+        return f"{text!r}: the prefix length must be 8-30 (room for a gateway and pods), got /{net.prefixlen}"
+    for reserved, what in ((ipaddress.ip_network("127.0.0.0/8"), "loopback"),
+                           (ipaddress.ip_network("169.254.0.0/16"), "link-local"),
+                           (ipaddress.ip_network("224.0.0.0/3"), "multicast/reserved"),
+                           (ipaddress.ip_network("0.0.0.0/8"), "this-network")):
+        if net.overlaps(reserved):
+            return f"{text!r} overlaps the {what} range {reserved}"
+    return ""
 
 
 def _validate_images(config: Config, source: str) -> None:
@@ -239,6 +323,21 @@ def _validate_images(config: Config, source: str) -> None:
             reference.parse_lookup(name)
         except InvalidArgument as e:
             raise ConfigError(f"{source}: images.pinned_images: {e.message}") from None
+
+
+def _validate_lifecycle(lc: LifecycleConfig, source: str) -> None:
+    parent = lc.cgroup_parent
+    if not parent.startswith("/") or parent == "/" or ".." in parent.split("/") or "cri-shim" not in parent:
+        raise ConfigError(f"{source}: lifecycle.cgroup_parent: must be an absolute cgroup path below / that "
+                          f"contains \"cri-shim\", got {parent!r}")
+    if lc.creation_claim_timeout < 0:
+        raise ConfigError(f"{source}: lifecycle.creation_claim_timeout: must be >= 0 seconds, "
+                          f"got {lc.creation_claim_timeout}")
+    if lc.failpoints:
+        try:
+            parse_failpoints(lc.failpoints)
+        except ValueError as e:
+            raise ConfigError(f"{source}: lifecycle.failpoints: {e}") from None
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:

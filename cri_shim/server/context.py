@@ -8,6 +8,7 @@ from pathlib import Path
 from cri_shim.config import Config
 from cri_shim.images.store import ImageStore
 from cri_shim.server.metrics import Metrics
+from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.services.status import HandlerInfo
 from cri_shim.store.db import MetadataStore
 from runtime.linux.host import HostReport
@@ -20,7 +21,10 @@ class DaemonContext:
     host: HostReport
     metrics: Metrics
     images: ImageStore
+    lifecycle: RuntimeState
     handlers: list[HandlerInfo] = field(default_factory=lambda: [HandlerInfo(name="")])
+    # CreateContainer resolves Merge/Strict in the image and ContainerStatus reports the user it ran as.
+    supplemental_groups_policy: bool = True
 
     @property
     def image_dirs(self) -> tuple[Path, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cri_shim.api import api_pb2 as pb
+from cri_shim.services.list_cache import ConvertedCache
 from cri_shim.store.container import CRI_STATE, Container, ContainerState
 from cri_shim.store.records import RecordStore, labels_match
 
@@ -29,7 +30,12 @@ def matches(c: Container, f: pb.ContainerFilter) -> bool:
     return labels_match(dict(c.config.labels), f.label_selector)
 
 
-def list_containers(containers: RecordStore[Container], request: pb.ListContainersRequest) -> pb.ListContainersResponse:
-    items = [to_container(c) for c in containers.matching(visible) if matches(c, request.filter)]
-    items.sort(key=lambda x: x.created_at)
-    return pb.ListContainersResponse(containers=items)
+def list_containers(containers: RecordStore[Container], request: pb.ListContainersRequest,
+                    cache: ConvertedCache[Container, pb.Container] | None = None) -> pb.ListContainersResponse:
+    convert = cache.get if cache is not None else to_container
+    chosen = sorted((c for c in containers.matching(visible) if matches(c, request.filter)),
+                    key=lambda c: c.created_at)
+    response = pb.ListContainersResponse(containers=[convert(c) for c in chosen])
+    if cache is not None:
+        cache.prune({c.id for c in containers.values()})
+    return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cri_shim.api import api_pb2 as pb
+from cri_shim.services.list_cache import ConvertedCache
 from cri_shim.store.records import RecordStore, labels_match
 from cri_shim.store.sandbox import Sandbox, SandboxState
 
@@ -28,7 +29,12 @@ def matches(sb: Sandbox, f: pb.PodSandboxFilter) -> bool:
     return labels_match(dict(sb.config.labels), f.label_selector)
 
 
-def list_pod_sandbox(sandboxes: RecordStore[Sandbox], request: pb.ListPodSandboxRequest) -> pb.ListPodSandboxResponse:
-    items = [to_pod_sandbox(sb) for sb in sandboxes.matching(visible) if matches(sb, request.filter)]
-    items.sort(key=lambda p: p.created_at)
-    return pb.ListPodSandboxResponse(items=items)
+def list_pod_sandbox(sandboxes: RecordStore[Sandbox], request: pb.ListPodSandboxRequest,
+                     cache: ConvertedCache[Sandbox, pb.PodSandbox] | None = None) -> pb.ListPodSandboxResponse:
+    convert = cache.get if cache is not None else to_pod_sandbox
+    chosen = sorted((sb for sb in sandboxes.matching(visible) if matches(sb, request.filter)),
+                    key=lambda sb: sb.created_at)
+    response = pb.ListPodSandboxResponse(items=[convert(sb) for sb in chosen])
+    if cache is not None:
+        cache.prune({sb.id for sb in sandboxes.values()})
+    return response

@@ -11,11 +11,12 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from typing import Protocol
 from pathlib import Path
 
 from cri_shim.api import api_pb2 as pb
 from cri_shim.config import Config
-from cri_shim.network.cni_config import find_network_config
+from cri_shim.network.manager import NetworkStatus
 from cri_shim.services.runtime_config import POD_CIDR_SETTING
 from cri_shim.store.db import MetadataStore
 from runtime.linux.host import HostReport
@@ -48,17 +49,22 @@ def runtime_condition(config: Config, host: HostReport, store: MetadataStore) ->
     return pb.RuntimeCondition(type=RUNTIME_READY, status=True)
 
 
-def network_condition(config: Config) -> pb.RuntimeCondition:
-    found = find_network_config(Path(config.network.cni_conf_dir), config.network.cni_bin_dirs)
-    if not found.ready:
+class NetworkState(Protocol):
+    def status(self) -> NetworkStatus: ...
+
+
+def network_condition(network: NetworkStatus) -> pb.RuntimeCondition:
+    if not network.ready:
         return pb.RuntimeCondition(type=NETWORK_READY, status=False, reason="NetworkPluginNotReady",
-                                   message=found.message)
+                                   message=network.message)
     return pb.RuntimeCondition(type=NETWORK_READY, status=True)
 
 
 def status(config: Config, host: HostReport, store: MetadataStore, handlers: list[HandlerInfo],
-           request: pb.StatusRequest) -> pb.StatusResponse:
-    conditions = [runtime_condition(config, host, store), network_condition(config)]
+           network_state: NetworkState, request: pb.StatusRequest,
+           supplemental_groups_policy: bool = False) -> pb.StatusResponse:
+    network = network_state.status()
+    conditions = [runtime_condition(config, host, store), network_condition(network)]
     response = pb.StatusResponse(
         status=pb.RuntimeStatus(conditions=conditions),
         runtime_handlers=[
@@ -67,13 +73,12 @@ def status(config: Config, host: HostReport, store: MetadataStore, handlers: lis
             for h in handlers
         ],
         # Each feature advertised here switches on kubelet behaviour and critest specs: only what works.
-        features=pb.RuntimeFeatures(supplemental_groups_policy=False),
+        features=pb.RuntimeFeatures(supplemental_groups_policy=supplemental_groups_policy),
     )
     if request.verbose:
         # crictl parses values that start with "{" as JSON objects.
         response.info["config"] = config.as_json()
         response.info["host"] = json.dumps(_host_json(host), sort_keys=True)
-        network = find_network_config(Path(config.network.cni_conf_dir), config.network.cni_bin_dirs)
         response.info["network"] = json.dumps({
             "ready": network.ready, "message": network.message,
             "podCIDR": store.get_setting(POD_CIDR_SETTING) or "",

@@ -62,6 +62,26 @@ MIGRATIONS: list[tuple[int, str]] = [
             inodes     INTEGER NOT NULL
         );
     """),
+    # Pod networking: built-in network IP allocations and the hostPorts every pod publishes.
+    (4, """
+        CREATE TABLE network_ips (
+            subnet     TEXT NOT NULL,
+            ip         TEXT NOT NULL,
+            sandbox_id TEXT NOT NULL,
+            PRIMARY KEY (subnet, ip)
+        );
+        CREATE UNIQUE INDEX network_ips_by_sandbox ON network_ips(subnet, sandbox_id);
+        CREATE TABLE network_hostports (
+            protocol       TEXT NOT NULL,
+            host_port      INTEGER NOT NULL,
+            host_ip        TEXT NOT NULL,
+            sandbox_id     TEXT NOT NULL,
+            pod            TEXT NOT NULL,
+            container_port INTEGER NOT NULL,
+            PRIMARY KEY (protocol, host_port, host_ip)
+        );
+        CREATE INDEX network_hostports_by_sandbox ON network_hostports(sandbox_id);
+    """),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -104,7 +104,7 @@ class Daemon:
 
     @property
     def state(self) -> Path:
-        return self.workdir / "state"
+        return self.workdir / "s"  # short: pod shim sockets live below it (sun_path is 108 bytes)
 
     @property
     def cni_conf_dir(self) -> Path:

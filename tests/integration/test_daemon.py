@@ -41,7 +41,7 @@ def test_crictl_info_conditions_and_config(daemon: Daemon) -> None:
 
 
 def test_network_not_ready_names_the_directory_then_turns_ready() -> None:
-    d = new_daemon(cni=False).start()
+    d = new_daemon({"network": {"mode": "cni"}}, cni=False).start()
     try:
         client = d.client()
         cond = {c.type: c for c in client.runtime.Status(pb.StatusRequest()).status.conditions}
@@ -61,6 +61,17 @@ def test_network_not_ready_names_the_directory_then_turns_ready() -> None:
         cond = {c.type: c for c in client.runtime.Status(pb.StatusRequest()).status.conditions}
         assert cond["NetworkReady"].status is True
         client.close()
+    finally:
+        stop_and_clean(d)
+
+
+def test_builtin_network_makes_a_node_ready_without_cni() -> None:
+    d = new_daemon(cni=False).start()
+    try:
+        info = json.loads(d.crictl("info").stdout)
+        cond = {c["type"]: c for c in info["status"]["conditions"]}
+        assert cond["NetworkReady"]["status"] is True
+        assert "built-in network" in info["network"]["message"]
     finally:
         stop_and_clean(d)
 

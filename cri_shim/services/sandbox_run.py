@@ -1,0 +1,166 @@
+"""RunPodSandbox: reserve the name, make the pod's files, network namespace, network and shim; READY on return.
+
+Every step pushes its undo; a failure (or a failpoint) anywhere rolls back
+what was done and answers with the error. The record is written as CREATING
+right after the name is reserved, so a daemon killed mid-way leaves a row
+that restart recovery finds and cleans up; CREATING rows are never listed.
+
+kubelet's deadline: the creation runs as its own task (store/inflight.py).
+If the caller's deadline expires, the work goes on; a retry with the same
+metadata gets the finished sandbox instead of "name is reserved", and an
+unclaimed one is removed after `lifecycle.creation_claim_timeout`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from cri_shim.api import api_pb2 as pb
+from cri_shim.errors import AlreadyExists, InvalidArgument
+from cri_shim.services import container_events, phases, sandbox_files, sandbox_remove
+from cri_shim.services.backend_errors import mapped
+from cri_shim.services.runtime_state import RuntimeState
+from cri_shim.services.undo import UndoStack
+from cri_shim.store.sandbox import Sandbox, SandboxState, sandbox_name
+from cri_shim.types import SandboxId
+from runtime import base
+from runtime.linux import netns
+
+log = logging.getLogger(__name__)
+
+_NS_MODES = {pb.POD: base.NamespaceMode.POD, pb.CONTAINER: base.NamespaceMode.CONTAINER,
+             pb.NODE: base.NamespaceMode.NODE, pb.TARGET: base.NamespaceMode.TARGET}
+
+
+def validate(config: pb.PodSandboxConfig) -> None:
+    meta = config.metadata
+    for field_name in ("name", "namespace", "uid"):
+        value = getattr(meta, field_name)
+        if not value:
+            raise InvalidArgument(f"config.metadata.{field_name} is required")
+        if len(value) > 253 or any(c in value for c in "\0/\n"):
+            raise InvalidArgument(f"config.metadata.{field_name}: {value!r} is not valid "
+                                  "(at most 253 characters, no '/', NUL or line breaks)")
+    if meta.attempt < 0:
+        raise InvalidArgument("config.metadata.attempt cannot be negative")
+    if config.log_directory and not config.log_directory.startswith("/"):
+        raise InvalidArgument(f"config.log_directory: {config.log_directory!r} must be an absolute path")
+    if config.HasField("windows"):
+        raise InvalidArgument("config.windows: this node runs Linux pods")
+    sandbox_files.check_hostname(config.hostname)
+    sandbox_files.check_dns(config.dns_config)
+    opts = config.linux.security_context.namespace_options
+    if opts.network not in (pb.POD, pb.NODE):
+        raise InvalidArgument("config.linux.security_context.namespace_options.network: must be POD or NODE")
+    if opts.ipc not in (pb.POD, pb.NODE):
+        raise InvalidArgument("config.linux.security_context.namespace_options.ipc: must be POD or NODE")
+    if opts.pid not in (pb.POD, pb.CONTAINER, pb.NODE):
+        raise InvalidArgument("config.linux.security_context.namespace_options.pid: must be POD, CONTAINER or NODE")
+    if opts.HasField("userns_options") and opts.userns_options.mode != pb.NODE:
+        raise InvalidArgument("config.linux.security_context.namespace_options.userns_options: user namespaces "
+                              "are not supported by this runtime (the handler does not advertise them)")
+    parent = config.linux.cgroup_parent
+    if parent and (not parent.startswith("/") or ".." in parent.split("/")):
+        raise InvalidArgument(f"config.linux.cgroup_parent: {parent!r} must be an absolute cgroupfs path "
+                              "(this runtime uses the cgroupfs driver)")
+
+
+def cgroup_parent(state: RuntimeState, config: pb.PodSandboxConfig, sandbox_id: str) -> str:
+    """kubelet's pod cgroup, or a per-pod cgroup under the configured parent."""
+    given = config.linux.cgroup_parent.rstrip("/")
+    return given or f"{state.config.lifecycle.cgroup_parent.rstrip('/')}/{sandbox_id}"
+
+
+def sandbox_spec(sb: Sandbox, hostname: str) -> base.SandboxSpec:
+    cfg = sb.config
+    opts = cfg.linux.security_context.namespace_options
+    return base.SandboxSpec(
+        id=sb.id, name=f"{cfg.metadata.namespace}/{cfg.metadata.name}", hostname=hostname,
+        sandbox_dir=sb.sandbox_dir, log_directory=cfg.log_directory, annotations=dict(cfg.annotations),
+        linux=base.LinuxSandboxSpec(
+            cgroup_parent=sb.cgroup_parent, network=_NS_MODES[opts.network], pid=_NS_MODES[opts.pid],
+            ipc=_NS_MODES[opts.ipc], netns_path=sb.netns_path, sysctls=dict(cfg.linux.sysctls),
+            privileged=cfg.linux.security_context.privileged))
+
+
+async def run_pod_sandbox(state: RuntimeState, request: pb.RunPodSandboxRequest) -> pb.RunPodSandboxResponse:
+    config = request.config
+    validate(config)
+    handler = request.runtime_handler
+    state.backend(handler)  # unknown handler: NotFound before anything is made
+    name = sandbox_name(config.metadata)
+    if not state.sandbox_inflight.pending(name):
+        holder = state.sandbox_names.holder(name)
+        if holder is not None:
+            raise AlreadyExists(f"a pod sandbox named {name!r} already exists ({holder}); remove it first, "
+                                "or use a new attempt number")
+
+    async def create() -> str:
+        return await _create(state, config, handler, name)
+
+    async def cleanup(sandbox_id: str) -> None:
+        await sandbox_remove.remove_by_id(state, sandbox_id)
+
+    sandbox_id = await state.sandbox_inflight.run(name, create, cleanup)
+    return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+
+async def _create(state: RuntimeState, config: pb.PodSandboxConfig, handler: str, name: str) -> str:
+    sid = SandboxId(secrets.token_hex(32))
+    fp, timer = state.failpoints, state.phases
+    host_network = config.linux.security_context.namespace_options.network == pb.NODE
+    undo = UndoStack(f"RunPodSandbox {name}")
+    try:
+        with timer.time(phases.RESERVE, sid):
+            state.sandbox_names.reserve(name, sid)
+            undo.push("release the name", lambda: state.sandbox_names.release(name, sid))
+            sb = Sandbox(id=sid, name=name, config=config, handler=handler, created_at=time.time_ns(),
+                         sandbox_dir=str(state.sandbox_dir(sid)),
+                         netns_path=None if host_network else str(state.netns_path(sid)),
+                         cgroup_parent=cgroup_parent(state, config, sid))
+            state.sandboxes.add(sb)
+            undo.push("delete the record", lambda: state.sandboxes.delete(sid))
+        await fp.hit("sandbox_run.after_reserve")
+
+        hostname = sandbox_files.pod_hostname(config)
+        with timer.time(phases.SANDBOX_FILES, sid):
+            undo.push("remove the sandbox dir", lambda: shutil.rmtree(sb.sandbox_dir, ignore_errors=True))
+            sandbox_files.write_sandbox_files(Path(sb.sandbox_dir), config, hostname)
+        await fp.hit("sandbox_run.after_files")
+
+        if sb.netns_path is not None:
+            netns_path = Path(sb.netns_path)
+            with timer.time(phases.NETNS, sid), mapped("cannot create the pod's network namespace"):
+                netns_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                undo.push("remove the netns", lambda: netns.remove(netns_path))
+                await netns.create_async(netns_path)
+            await fp.hit("sandbox_run.after_netns")
+            with timer.time(phases.NETWORK, sid):
+                undo.push("tear down the network",
+                          lambda: state.network.teardown(sid, str(netns_path), config))
+                ips = await state.network.setup(sid, str(netns_path), config)
+            sb = sb.with_(ips=ips, network_ready=True)
+            await fp.hit("sandbox_run.after_network")
+
+        backend = state.backend(handler)
+        with timer.time(phases.SHIM_SPAWN, sid), mapped("cannot start the pod sandbox"):
+            undo.push("remove the sandbox from the runtime", lambda: backend.remove_sandbox(sid))
+            status = await backend.create_sandbox(sandbox_spec(sb, hostname))
+        await fp.hit("sandbox_run.after_shim")
+
+        sb = sb.with_(state=SandboxState.READY, extra={**sb.extra, "namespaces": dict(status.namespaces),
+                                                       "hostname": hostname})
+        state.sandboxes.put(sb)
+        await fp.hit("sandbox_run.after_ready")
+        undo.commit()
+    except BaseException:
+        await undo.rollback()
+        raise
+    log.info("pod sandbox %s (%s) is ready%s", sid[:13], name, f", ip {sb.ips[0]}" if sb.ips else "")
+    container_events.publish(state, sid, sid, container_events.CREATED)
+    container_events.publish(state, sid, sid, container_events.STARTED)
+    return sid

@@ -1,0 +1,144 @@
+"""The few Linux system calls Python 3.11 does not wrap, through ctypes.
+
+mount/umount2/pivot_root/unshare/setns/openat2/close_range/prctl. Every
+wrapper raises OSError with errno and a short description of the call, so a
+failure deep inside a container's setup still says what was attempted.
+Namespace calls affect only the calling thread (the shim is single-threaded).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+# x86_64 syscall numbers (identical on arm64 for the generic ones below via libc wrappers).
+_SYS_PIVOT_ROOT = 155
+_SYS_OPENAT2 = 437
+_SYS_CLOSE_RANGE = 436
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_MANDLOCK = 0x40
+MS_DIRSYNC = 0x80
+MS_NOSYMFOLLOW = 0x100
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_SILENT = 0x8000
+MS_UNBINDABLE = 1 << 17
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+
+MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# OCI namespace type -> clone flag, and the /proc/<pid>/ns/<name> file of each.
+NAMESPACE_FLAGS = {
+    "mount": CLONE_NEWNS, "cgroup": CLONE_NEWCGROUP, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC,
+    "user": CLONE_NEWUSER, "pid": CLONE_NEWPID, "network": CLONE_NEWNET,
+}
+NAMESPACE_PROC_NAMES = {
+    "mount": "mnt", "cgroup": "cgroup", "uts": "uts", "ipc": "ipc", "user": "user",
+    "pid": "pid", "network": "net",
+}
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+
+TIOCSCTTY = 0x540E
+TIOCGPTPEER = 0x5441
+TIOCSWINSZ = 0x5414
+TIOCSPTLCK = 0x40045431
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
+           f"mount {source or ''} on {target} ({fstype or 'no type'}, flags {flags:#x}, {data or ''})")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), flags), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), f"pivot_root {new_root}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), f"unshare {flags:#x}")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), f"setns {nstype:#x}")
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): open `path` under `dirfd` with RESOLVE_* rules (O_CLOEXEC always added)."""
+    how = struct.pack("QQQ", flags | os.O_CLOEXEC, mode, resolve)
+    buf = ctypes.create_string_buffer(how, len(how))
+    return _check(_libc.syscall(_SYS_OPENAT2, dirfd, _b(path), buf, ctypes.c_size_t(len(how))),
+                  f"open {path}")
+
+
+def close_range(first: int, last: int) -> None:
+    """Close every fd in [first, last] with one system call."""
+    _check(_libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(0)),
+           "close_range")
+
+
+def close_range_cloexec(first: int) -> None:
+    """Mark every fd >= first close-on-exec (so exec drops them while error pipes stay usable until then)."""
+    _check(_libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
+                         ctypes.c_uint(CLOSE_RANGE_CLOEXEC)), "close_range")
+
+
+def prctl(option: int, arg: int = 0) -> None:
+    _check(_libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+           f"prctl {option}")
+
+
+def set_process_name(name: str) -> None:
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _libc.prctl(PR_SET_NAME, buf, 0, 0, 0)
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
