@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import pytest
 
 from cri_shim.api import api_pb2 as pb
+from cri_shim.network.builtin import veth_name
 from tests.conftest import stop_and_clean
 from tests.harness.crilog import read_all_rotations, read_logs, rotated_files
 from tests.harness.daemon import Daemon, make_workdir
@@ -55,7 +56,6 @@ class Env:
     kubelet: Kubelet
     host_net_port: int
     host_port: int
-    links_before: set[str]
 
     def wait(self, what: str, check: Callable[[], T | None], timeout: float = 60, interval: float = 0.5) -> T:
         deadline = time.monotonic() + timeout
@@ -192,7 +192,6 @@ def cleanup_host_network() -> None:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    links_before = {p.name for p in Path("/sys/class/net").iterdir()}
     mirror = start_mirror()
     daemon = lifecycle_daemon(mirror, extra={"server": {"log_level": "info"}, "network": {
         "mode": "builtin", "builtin_bridge": BRIDGE, "builtin_subnet": SUBNET, "nft_table": NFT_TABLE}})
@@ -207,7 +206,7 @@ def env() -> Iterator[Env]:
                           overrides={"containerLogMaxSize": LOG_MAX_SIZE, "containerLogMaxFiles": 30,
                                      "containerLogMonitorInterval": "3s",
                                      "crashLoopBackOff": {"maxContainerRestartPeriod": "5s"}})
-        e = Env(mirror, daemon, kubelet, free_port(), free_port(), links_before)
+        e = Env(mirror, daemon, kubelet, free_port(), free_port())
         kubelet.start()
         for m in all_manifests(e.host_net_port, e.host_port):
             kubelet.add_pod(m)
@@ -439,8 +438,27 @@ def test_kill_9_of_cri_shim_under_kubelet_restarts_nothing(env: Env) -> None:
     assert status == 200 and b"nginx" in body
 
 
+def links() -> set[str]:
+    return {p.name for p in Path("/sys/class/net").iterdir()}
+
+
+def nft_table() -> str:
+    return subprocess.run(["nft", "list", "table", "ip", NFT_TABLE], capture_output=True, text=True).stdout
+
+
+def our_mounts(env: Env) -> list[str]:
+    roots = (f"{env.daemon.workdir}/", f"{env.kubelet.workdir}/")
+    points = (line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    return sorted(p for p in points if p.startswith(roots))
+
+
 def test_removing_the_manifests_tears_everything_down(env: Env) -> None:
-    mounts_before = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+    # What the running pods hold now, so that each "gone" below is checked against something that existed.
+    assert our_mounts(env), "running pods hold mounts (netns pins, IPC/UTS namespaces, /dev/shm); none seen"
+    pods = env.crictl_json("pods", "-o", "json")["items"]
+    veths = {veth_name(p["id"]) for p in pods if p["metadata"]["name"] != f"hostnet-{NODE}"}
+    assert len(veths) == len(pods) - 1 and veths <= links()
+    assert str(env.host_port) in nft_table()
     for m in all_manifests(env.host_net_port, env.host_port):
         env.kubelet.remove_pod(m["metadata"]["name"])
     env.wait("kubelet forgets the pods", lambda: env.kubelet.pods() == [], timeout=60)
@@ -455,13 +473,8 @@ def test_removing_the_manifests_tears_everything_down(env: Env) -> None:
                 for h in ("memory", "cpu", "pids")]
     env.wait("pod cgroups removed", lambda: not [d for k in kubepods for d in k.rglob("pod*")], timeout=60)
 
-    mounts = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
-    mine = [m for m in mounts - mounts_before] + [m for m in mounts if m.startswith(str(env.daemon.workdir))
-                                                  and "/root/" in m]
-    assert mine == [], f"mounts left: {mine}"
-    links = {p.name for p in Path("/sys/class/net").iterdir()} - env.links_before - {BRIDGE}
-    assert not [link for link in links if link.startswith("vcs")], f"pod veths left: {links}"
-    table = subprocess.run(["nft", "list", "table", "ip", NFT_TABLE], capture_output=True, text=True).stdout
-    assert str(env.host_port) not in table, f"hostPort rule left:\n{table}"
+    env.wait("pod mounts released", lambda: not our_mounts(env), timeout=30)
+    assert not veths & links(), f"pod veths left: {veths & links()}"
+    assert str(env.host_port) not in nft_table(), f"hostPort rule left:\n{nft_table()}"
     with pytest.raises(OSError):
         http_get(f"http://127.0.0.1:{env.host_net_port}/")
