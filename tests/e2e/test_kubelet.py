@@ -266,6 +266,9 @@ def test_two_containers_share_an_emptydir_with_env_command_args_and_limits(env: 
     assert "GREETING=hello-e2e" in environ
     assert env.container("share", "writer")["ready"] and env.container("share", "reader")["ready"]
     assert env.pod("share")["status"]["qosClass"] == "Burstable"
+    # kubelet creates the container from the image id; users still see the image they named.
+    assert env.container("share", "writer")["image"] == BUSYBOX
+    assert env.container("share", "writer")["imageID"].startswith("sha256:")
 
 
 def test_readiness_follows_the_probe_and_a_failed_liveness_probe_restarts_the_container(env: Env) -> None:
