@@ -364,7 +364,9 @@ def test_kubelet_rotates_logs_through_reopen_and_no_line_is_lost(env: Env) -> No
     rotations = rotated_files(current)
     assert len(rotations) >= 3, f"kubelet rotated only {len(rotations)} times: {rotations}"
     assert any(r.name.endswith(".gz") for r in rotations)  # older rotations compressed by kubelet
-    assert "ReopenContainerLog" in env.daemon.log_text()
+    cid = env.container_id("rotate", "c")
+    reopened = env.daemon.log_text().count(f"[ReopenContainerLog container_id={cid[:13]}]: OK")
+    assert reopened >= len(rotations), f"{len(rotations)} rotations but {reopened} successful ReopenContainerLog"
     assert "Failed to rotate log for container" not in env.kubelet.log_text()
     # kubectl logs shows the current file only, exactly as the reader does.
     assert env.kubectl_logs("rotate", "c") == read_logs(current)["stdout"]
