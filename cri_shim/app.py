@@ -124,6 +124,8 @@ class Daemon:
         self.config = config
         self._stop = asyncio.Event()
         self._server: grpc.aio.Server | None = None
+        self._network: PodNetworkManager | None = None
+        self._network_watch: asyncio.Future[None] | None = None
 
     def _prepare(self, resources: ExitStack) -> DaemonContext:
         cfg = self.config
@@ -148,7 +150,8 @@ class Daemon:
         for sub in ("sandboxes", "containers"):
             _mkdir(cfg.root_dir / sub, 0o700, sub)
         metrics = Metrics()
-        network = PodNetworkManager(cfg, store, registry=metrics.registry)
+        network = self._network = PodNetworkManager(cfg, store, registry=metrics.registry)
+        resources.callback(network.close)
         handlers = self._handlers()
         lifecycle = RuntimeState(
             config=cfg, images=images, handlers=handlers, network=network,
@@ -183,9 +186,13 @@ class Daemon:
             raise StartupError(f"cannot start the streaming server on {self.config.streaming.address}:"
                                f"{self.config.streaming.port}: {e.strerror}") from None
         state.streaming = streaming
+        if self._network is not None:   # CNI config changes are noticed (and logged) as they happen
+            self._network_watch = asyncio.ensure_future(self._network.watch())
         return streaming
 
     async def _stop_lifecycle(self, ctx: DaemonContext, streaming: StreamingServer) -> None:
+        if self._network_watch is not None:
+            self._network_watch.cancel()
         await streaming.stop()
         for backend in {id(b): b for b in ctx.lifecycle.handlers.values()}.values():
             await backend.close()   # disconnects from the pod shims; containers keep running

@@ -72,8 +72,6 @@ class NetworkConfig:
                                     "other hosts without routes back to the pod subnet.", True)
     nft_table: str = _doc("nftables table (family ip) holding the built-in network's NAT and hostPort rules.",
                           "cri_shim")
-    host_resolv_conf: str = _doc("The host's resolv.conf, copied into pods that set no DNS config.",
-                                 "/etc/resolv.conf")
 
 
 @dataclass(frozen=True)
@@ -259,9 +257,8 @@ _IFNAME_FORBIDDEN = set("/:\"' \t\n\0")
 def _validate_network(n: NetworkConfig, source: str) -> None:
     if n.mode not in NETWORK_MODES:
         raise ConfigError(f"{source}: network.mode: must be one of {', '.join(NETWORK_MODES)}, got {n.mode!r}")
-    for key, value in (("cni_conf_dir", n.cni_conf_dir), ("host_resolv_conf", n.host_resolv_conf)):
-        if not Path(value).is_absolute():
-            raise ConfigError(f"{source}: network.{key}: must be an absolute path, got {value!r}")
+    if not Path(n.cni_conf_dir).is_absolute():
+        raise ConfigError(f"{source}: network.cni_conf_dir: must be an absolute path, got {n.cni_conf_dir!r}")
     for d in n.cni_bin_dirs:
         if not Path(d).is_absolute():
             raise ConfigError(f"{source}: network.cni_bin_dirs: {d!r} is not an absolute path")

@@ -14,7 +14,6 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cri_shim.api import api_pb2 as pb
 from cri_shim.errors import InvalidArgument
@@ -73,7 +72,6 @@ class PodNetworkSpec:
     namespace: str
     uid: str
     hostname: str
-    sandbox_dir: Path                  # resolv.conf, hostname and hosts are written here
     host_network: bool = False
     port_mappings: tuple[PortMapping, ...] = ()
     dns: DnsConfig = field(default_factory=DnsConfig)
@@ -89,10 +87,8 @@ class PodNetworkSpec:
 
 @dataclass(frozen=True)
 class PodNetworkStatus:
-    netns_path: Path | None            # None for host-network pods
     ips: tuple[str, ...] = ()          # primary first (IPv4 before IPv6, as containerd reports)
     network: str = ""                  # "builtin", a CNI network name, or "host"
-    files: Mapping[str, Path] = field(default_factory=dict)  # "/etc/resolv.conf" -> file in sandbox_dir
 
     @property
     def ip(self) -> str:
@@ -109,7 +105,7 @@ class NetworkReadiness:
 # ---------------------------------------------------------------- from CRI
 
 
-def pod_from_cri(sandbox_id: str, config: pb.PodSandboxConfig, sandbox_dir: Path) -> PodNetworkSpec:
+def pod_from_cri(sandbox_id: str, config: pb.PodSandboxConfig) -> PodNetworkSpec:
     """The network part of a RunPodSandbox request, validated."""
     linux = config.linux
     host_network = linux.security_context.namespace_options.network == pb.NODE
@@ -119,7 +115,6 @@ def pod_from_cri(sandbox_id: str, config: pb.PodSandboxConfig, sandbox_dir: Path
         namespace=config.metadata.namespace,
         uid=config.metadata.uid,
         hostname=config.hostname,
-        sandbox_dir=sandbox_dir,
         host_network=host_network,
         port_mappings=tuple(port_mapping_from_cri(i, m) for i, m in enumerate(config.port_mappings)),
         dns=dns_from_cri(config.dns_config) if config.HasField("dns_config") else DnsConfig(),

@@ -15,7 +15,7 @@ import shutil
 import time
 
 from cri_shim.api import api_pb2 as pb
-from cri_shim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri_shim.errors import AlreadyExists, CriError, FailedPrecondition, InvalidArgument, NotFound
 from cri_shim.images.store import ContainerImage
 from cri_shim.services import container_events, container_remove, container_spec, phases
 from cri_shim.services.backend_errors import mapped
@@ -97,6 +97,16 @@ def _target_pid_ns(state: RuntimeState, sb: Sandbox, config: pb.ContainerConfig)
     return f"/proc/{target.pid}/ns/pid"
 
 
+def _pod_went_away(state: RuntimeState, sandbox_id: str) -> CriError | None:
+    """A create that failed because its pod was stopped or removed meanwhile: say that, not what broke."""
+    now = state.sandboxes.get(sandbox_id)
+    if now is None:
+        return NotFound(f"pod sandbox {sandbox_id} was removed while the container was being created")
+    if now.state is not SandboxState.READY:
+        return FailedPrecondition(f"pod sandbox {sandbox_id} was stopped while the container was being created")
+    return None
+
+
 def _pod_info(sb: Sandbox) -> container_spec.PodInfo:
     return container_spec.PodInfo(id=sb.id, hostname=str(sb.extra.get("hostname", "")),
                                   cgroup_parent=sb.cgroup_parent, namespaces=dict(sb.extra.get("namespaces") or {}),
@@ -150,12 +160,16 @@ async def _create(state: RuntimeState, sb: Sandbox, config: pb.ContainerConfig, 
             stdio=base.StdioSpec(log_path=record.log_path or None, stdin=config.stdin, stdin_once=config.stdin_once,
                                  tty=config.tty),
             stop_signal=built.stop_signal)
-        with timer.time(phases.CREATE, cid), mapped("cannot create the container"):
-            undo.push("delete the container from the runtime", lambda: backend.delete_container(cid))
-            status = await backend.create_container(spec)
+        undo.push("delete the container from the runtime", lambda: backend.delete_container(cid))
+        try:
+            with timer.time(phases.CREATE, cid), mapped("cannot create the container"):
+                status = await backend.create_container(spec)
+        except CriError as e:
+            raise _pod_went_away(state, sb.id) or e from None
         await fp.hit("container_create.after_create")
-        if state.sandboxes.get(sb.id) is None:   # removed meanwhile (RemovePodSandbox skips creations in flight)
-            raise NotFound(f"pod sandbox {sb.id} was removed while the container was being created")
+        gone = _pod_went_away(state, sb.id)   # stopped/removed meanwhile (RemovePodSandbox skips creations in flight)
+        if gone is not None:
+            raise gone
 
         user = {"uid": built.user.uid, "gid": built.user.gid, "groups": list(built.user.additional_gids)}
         record = record.with_(state=ContainerState.CREATED, image_id=image.id, image_ref=image.id,

@@ -13,8 +13,8 @@ Run once at startup, before the socket is bound:
    and each sandbox: a pod whose monitor is gone becomes NOTREADY;
 4. roll back every CREATING row (a crash in the middle of RunPodSandbox or
    CreateContainer): nothing half-created stays visible;
-5. remove leftovers that no record owns: netns pins, sandbox and container
-   directories.
+5. remove leftovers that no record owns: pod networks (IPs, veths, hostPorts,
+   CNI results), netns pins, sandbox and container directories.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ async def recover(state: RuntimeState) -> RecoveryReport:
         if now is not None and now.state is ContainerState.EXITED and was is not ContainerState.EXITED:
             report.exits_recorded += 1
     await _roll_back_creating(state, report)
+    report.leftovers_removed += await state.network.gc(
+        {sb.id for sb in state.sandboxes.values() if sb.network_ready})
     await asyncio.to_thread(_remove_leftovers, state, report)
     report.seconds = time.monotonic() - started
     log.info("recovered %d sandboxes and %d containers in %.0fms (%d exits recorded, %d half-created objects "

@@ -56,6 +56,10 @@ class PodNetwork(Protocol):
         """Whether pods can get a network now (NetworkReady), with an actionable message."""
         ...
 
+    async def gc(self, known_sandboxes: set[str]) -> list[str]:
+        """Release the network of every sandbox not in `known_sandboxes` (crash leftovers); their ids."""
+        ...
+
 
 class StreamUrls(Protocol):
     """The streaming server's URL side (cri_shim.streaming.StreamingServer)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cri_shim.api import api_pb2 as pb
 from cri_shim.errors import NotFound
-from cri_shim.services import container_stop
+from cri_shim.services import container_events, container_stop
 from cri_shim.services.backend_errors import mapped
 from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.store.container import ContainerState
@@ -43,6 +43,12 @@ async def stop(state: RuntimeState, sandbox_id: str) -> None:
     sb = state.sandboxes.get(sandbox_id)
     if sb is None:
         return
+    if sb.state is SandboxState.READY:
+        # NOTREADY from the start: no new container is created in a pod being stopped, and one being created
+        # right now fails with that reason (its init dies with the pod's PID namespace).
+        state.sandboxes.put(sb.with_(state=SandboxState.NOTREADY))
+        log.info("stopping pod sandbox %s", sandbox_id[:13])
+        container_events.publish(state, sandbox_id, sandbox_id, container_events.STOPPED)
     alive = [c.id for c in state.containers_of(sandbox_id)
              if c.state in (ContainerState.RUNNING, ContainerState.UNKNOWN)]
     results = await asyncio.gather(*(_stop_container(state, cid) for cid in alive), return_exceptions=True)
@@ -58,10 +64,6 @@ async def stop(state: RuntimeState, sandbox_id: str) -> None:
         with mapped(f"cannot stop pod sandbox {sandbox_id}"):
             await backend.stop_sandbox(sandbox_id, 0)
     await release_network(state, sandbox_id)
-    sb = state.sandboxes.get(sandbox_id)
-    if sb is not None and sb.state is SandboxState.READY:
-        state.sandboxes.put(sb.with_(state=SandboxState.NOTREADY))
-        log.info("pod sandbox %s stopped", sandbox_id[:13])
 
 
 async def release_network(state: RuntimeState, sandbox_id: str) -> None:

@@ -8,6 +8,7 @@ name (the leak check's tag), so `tests/conftest.py`'s leak check covers it.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,16 @@ from tests.harness.daemon import TMP_BASE, CriClient, Daemon, make_workdir, new_
 from tests.harness.leaks import cgroup_tag
 from tests.harness.registry import LocalRegistry, start_registry
 
+# The lifecycle tests' own CNI network: a private bridge name and subnet, IPAM state in the daemon's dir and no
+# masquerading, so nothing global is shared with suites of other branches running at the same time.
+BRIDGE = "cstlc0"
+SUBNET = "10.219.0.0/16"
+CONFLIST = """{{
+  "cniVersion": "1.0.0", "name": "cst-lifecycle",
+  "plugins": [{{"type": "bridge", "bridge": "{bridge}", "isGateway": true, "ipMasq": false,
+               "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{subnet}"}}]], "dataDir": "{ipam}"}}}}]
+}}
+"""
 BUSYBOX = testimages.BUSYBOX
 NGINX = testimages.NGINX
 MIRRORED = ("registry.k8s.io", "gcr.io", "k8s.gcr.io")
@@ -41,6 +52,7 @@ class Mirror:
     def close(self) -> None:
         self.registry.stop()
         shutil.rmtree(self.hosts, ignore_errors=True)
+        remove_bridge()
 
 
 def start_mirror(names: tuple[str, ...] = (BUSYBOX, NGINX)) -> Mirror:
@@ -68,7 +80,15 @@ def lifecycle_daemon(mirror: Mirror, lifecycle: dict[str, Any] | None = None,
     }
     for section, keys in (extra or {}).items():
         config.setdefault(section, {}).update(keys)
-    return new_daemon(config, workdir=workdir)
+    d = new_daemon(config, workdir=workdir, cni=False)
+    (d.cni_conf_dir / "10-cst-lifecycle.conflist").write_text(
+        CONFLIST.format(bridge=BRIDGE, subnet=SUBNET, ipam=d.workdir / "ipam"))
+    return d
+
+
+def remove_bridge() -> None:
+    """The CNI bridge plugin never deletes its bridge; the suite does, once no pod uses it."""
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
 
 
 def pod_config(name: str = "", *, namespace: str = "lifecycle", attempt: int = 0, log_dir: Path | None = None,

@@ -135,7 +135,14 @@ def test_a_pod_whose_shim_died_is_notready_and_removable(rs: Restartable) -> Non
     assert cri.pods() == [] and cri.containers() == []
 
 
-KILL_DURING_RUN = ["sandbox_run.after_reserve", "sandbox_run.after_netns", "sandbox_run.after_shim"]
+KILL_DURING_RUN = ["sandbox_run.after_reserve", "sandbox_run.after_netns", "sandbox_run.after_network",
+                   "sandbox_run.after_shim"]
+
+
+def _allocated_ips(d: Daemon) -> list[str]:
+    """Addresses host-local IPAM holds for pods of this daemon (one file per address)."""
+    ipam = d.workdir / "ipam" / "cst-lifecycle"
+    return sorted(p.name for p in ipam.iterdir() if p.name[0].isdigit()) if ipam.is_dir() else []
 
 
 @pytest.mark.parametrize("point", KILL_DURING_RUN)
@@ -146,6 +153,7 @@ def test_crash_inside_run_pod_sandbox_leaves_no_half_created_pod(rs: Restartable
     assert cri.pods() == []
     assert rs.daemon is not None and _leftovers(rs.daemon) == {}
     assert os.listdir(rs.daemon.root / "sandboxes") == []
+    assert _allocated_ips(rs.daemon) == []   # the pod network made before the crash was torn down
     cri.run_pod(pod_config("crash-run"))   # the name is free again
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -197,6 +199,9 @@ def test_pod_hostname_dns_and_sysctls(cri: Cri) -> None:
     resolv = cri.exec_sync(cid, ["cat", "/etc/resolv.conf"]).stdout.decode()
     assert "nameserver 10.10.10.10" in resolv and "search google.com" in resolv and "options ndots:8" in resolv
     assert cri.exec_sync(cid, ["cat", "/proc/sys/kernel/shm_rmid_forced"]).stdout == b"1\n"
+    ip = cri.pod_status(sid).status.network.ip
+    hosts = cri.exec_sync(cid, ["cat", "/etc/hosts"]).stdout.decode()
+    assert ip and f"{ip}\ttest-hostname" in hosts and "127.0.0.1\tlocalhost" in hosts
 
 
 def test_host_network_pod_sees_the_host_interfaces(cri: Cri) -> None:
@@ -334,3 +339,14 @@ def test_containers_of_a_pod_share_its_dev_shm(cri: Cri) -> None:
     assert cri.exec_sync(b, ["cat", "/dev/shm/note"]).stdout == b"shared\n"
     other = cri.run(cri.run_pod(), container_config("c", command=["sleep", "1000"]))
     assert cri.exec_sync(other, ["cat", "/dev/shm/note"]).exit_code != 0   # another pod: another /dev/shm
+
+
+def test_start_phases_are_exported_as_prometheus_histograms(daemon: Daemon, cri: Cri) -> None:
+    sid = cri.run_pod()
+    cri.run(sid, container_config(command=["sleep", "1000"]))
+    port = int(re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", daemon.log_text()).group(1))  # type: ignore[union-attr]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for phase in ("name_reservation", "netns", "network_setup", "shim_spawn", "rootfs", "create", "start"):
+        count = re.search(rf'cri_shim_lifecycle_phase_duration_seconds_count\{{phase="{phase}"\}} (\S+)', text)
+        assert count is not None and float(count.group(1)) >= 1, phase
+    assert re.search(r"phase shim_spawn took [0-9.]+ms", daemon.log_text())   # and logged at debug

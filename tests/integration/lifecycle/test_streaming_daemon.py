@@ -133,3 +133,18 @@ def test_port_forward_of_a_stopped_pod_is_failed_precondition(cri: Cri) -> None:
     cri.stop_pod(sid)
     e = rpc_error(cri.rt.PortForward, pb.PortForwardRequest(pod_sandbox_id=sid), timeout=10)
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_pod_ip_is_reported_and_reachable_from_the_host(cri: Cri) -> None:
+    cri.pull(NGINX)
+    sid = cri.run_pod(pod_config())
+    cid = cri.run(sid, container_config("web", image=NGINX))
+    ip = cri.pod_status(sid).status.network.ip
+    assert ip.startswith("10.219."), ip
+    assert wait_for(lambda: cri.exec_sync(cid, ["sh", "-c", "netstat -ln | grep -q ':80 '"]).exit_code == 0)
+    with urllib.request.urlopen(f"http://{ip}:80/", timeout=20) as resp:
+        assert resp.status == 200
+    cri.stop_pod(sid)   # CNI DEL: the address is released
+    assert cri.pods(id=sid)[0].state == pb.SANDBOX_NOTREADY
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{ip}:80/", timeout=3)
