@@ -82,6 +82,11 @@ unit: venv stubs
 integration: venv stubs tools
 	$(PY) -m pytest tests/integration -q
 
+# kubelet $(KUBELET_VERSION) in standalone mode against a real cri-shim (static pods; about 70 s once kubelet is built).
+.PHONY: e2e
+e2e: venv stubs kubelet $(GOBIN_DIR)/crictl
+	$(PY) -m pytest tests/e2e -q
+
 conformance: venv stubs tools
 	$(PY) -m tests.conformance.run --critest $(BIN)/critest --update
 

@@ -431,6 +431,9 @@ def test_kill_9_of_cri_shim_under_kubelet_restarts_nothing(env: Env) -> None:
     env.daemon.kill9()
     time.sleep(5)  # kubelet's PLEG relists fail; probes error (thrown away, not counted as failures)
     assert env.kubelet.proc is not None and env.kubelet.proc.poll() is None
+    assert {p["metadata"]["name"] for p in env.kubelet.pods()} == {k.split("/")[0] for k in before}
+    status, body = http_get(f"http://127.0.0.1:{env.host_port}/")  # the pods run on without the daemon
+    assert status == 200 and b"nginx" in body
     env.daemon.start()
     env.wait("kubelet healthy", lambda: http_get(f"http://127.0.0.1:{env.kubelet.healthz_port}/healthz")[1] == b"ok")
     time.sleep(25)  # two sync periods and many relists: any restart kubelet wanted would have happened
