@@ -105,15 +105,17 @@ class Env:
         assert done.returncode == 0, done.stderr
         return done.stdout, done.stderr
 
-    def kubectl_logs(self, pod: str, container: str, **query: str) -> bytes:
-        """kubelet's /containerLogs: the endpoint the API server proxies `kubectl logs` to."""
+    def kubelet_https(self, path: str) -> bytes:
+        """kubelet's authenticated server (anonymous + AlwaysAllow here), as the API server reaches it."""
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # kubelet's self-signed serving certificate
-        url = (f"https://127.0.0.1:{self.kubelet.port}/containerLogs/{NS}/{pod}-{NODE}/{container}"
-               f"?{urllib.parse.urlencode(query)}")
-        with urllib.request.urlopen(url, context=ctx, timeout=20) as r:
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.kubelet.port}{path}", context=ctx, timeout=20) as r:
             return bytes(r.read())
+
+    def kubectl_logs(self, pod: str, container: str, **query: str) -> bytes:
+        """kubelet's /containerLogs: the endpoint the API server proxies `kubectl logs` to."""
+        return self.kubelet_https(f"/containerLogs/{NS}/{pod}-{NODE}/{container}?{urllib.parse.urlencode(query)}")
 
     def log_file(self, pod: str, container: str, attempt: int) -> Path:
         p = self.pod(pod)
@@ -247,6 +249,12 @@ def test_kubelet_runs_on_cri_shim_with_the_cgroup_driver_it_reports(env: Env) ->
     assert 'apiVersion="v1"' in log
     driver = env.crictl_json("info")["config"]["runtime"]["cgroup_driver"]
     assert f'Using cgroup driver setting received from the CRI runtime" cgroupDriver="{driver}"' in log
+    # The effective config: deploy/kubelet/kubelet-config.yaml (failCgroupV1: false lets kubelet start on this
+    # cgroup v1 host) with the test's drop-in on top.
+    effective = json.loads(env.kubelet_https("/configz"))["kubeletconfig"]
+    assert effective["failCgroupV1"] is False
+    assert effective["containerRuntimeEndpoint"] == env.daemon.endpoint
+    assert effective["cgroupDriver"] == driver
 
 
 def test_two_containers_share_an_emptydir_with_env_command_args_and_limits(env: Env) -> None:

@@ -1,5 +1,8 @@
 """A real kubelet in standalone mode (no API server) against a cri-shim started by the test.
 
+kubelet reads deploy/kubelet/kubelet-config.yaml (the file operators install) with `--config`, and this test's
+settings from a drop-in with `--config-dir`.
+
 Everything kubelet makes is private to the test's work dir or tagged with the test base's name:
 - --root-dir, --cert-dir, staticPodPath, podLogsDir, volumePluginDir: under the work dir;
 - cgroupRoot `/cri-shim-kubelet-<tag>` (the leak check's tag), created here in every hierarchy and
@@ -40,7 +43,6 @@ from typing import Any
 
 from tests.harness.daemon import TMP_BASE, REPO
 from tests.harness.leaks import cgroup_tag
-from tests.harness.unitfile import parse_simple_yaml
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +82,6 @@ def cgroup_root_name() -> str:
 
 def hierarchies() -> list[Path]:
     return [d for d in CGROUP_FS.iterdir() if d.is_dir() and not d.is_symlink()]
-
-
-def yaml_scalar(text: str) -> Any:
-    """The plain scalars the deploy snippet uses: booleans, integers, strings."""
-    if text in ("true", "false"):
-        return text == "true"
-    return int(text) if text.isdigit() else text
 
 
 def make_cgroup_root(name: str) -> None:
@@ -158,10 +153,11 @@ class Kubelet:
         return cgroup_root_name()
 
     def config(self) -> dict[str, Any]:
-        """deploy/kubelet/kubelet-config.yaml (the file operators install), with this test's paths and ports."""
-        snippet: dict[str, Any] = {k: yaml_scalar(v) for k, v in parse_simple_yaml(SNIPPET.read_text()).items()}
+        """The drop-in (--config-dir) that kubelet merges over deploy/kubelet/kubelet-config.yaml (--config, the
+        file operators install, parsed by kubelet itself): this test's socket, paths, ports and relaxations."""
         cfg: dict[str, Any] = {
-            **snippet,
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
             "containerRuntimeEndpoint": self.runtime_endpoint,
             "imageServiceEndpoint": self.runtime_endpoint,
             "cgroupDriver": self.cgroup_driver,
@@ -199,14 +195,15 @@ class Kubelet:
         return binds
 
     def argv(self) -> list[str]:
-        return [str(kubelet_binary()), f"--config={self.workdir / 'kubelet-config.json'}",
+        return [str(kubelet_binary()), f"--config={SNIPPET}", f"--config-dir={self.workdir / 'kubelet-config.d'}",
                 f"--root-dir={self.root_dir}", f"--cert-dir={self.root_dir / 'pki'}",
                 f"--hostname-override={self.node_name}", "--v=2"]
 
     def start(self, wait: float = 90) -> Kubelet:
         for d in (self.manifests, self.root_dir, self.pod_logs, self.container_logs):
             d.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "kubelet-config.json").write_text(json.dumps(self.config(), indent=2))
+        (self.workdir / "kubelet-config.d").mkdir(exist_ok=True)
+        (self.workdir / "kubelet-config.d" / "50-e2e.conf").write_text(json.dumps(self.config(), indent=2))
         make_cgroup_root(self.cgroup_root)
         mounts = [f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}" for src, dst in self._tunable_binds()]
         mounts.append(f"mount --bind {shlex.quote(str(self.workdir / 'varlog'))} /var/log")
