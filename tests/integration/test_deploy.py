@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cri_shim.api import api_pb2 as pb
+from cri_shim.config import load as load_config
 from tests.conftest import stop_and_clean
 from tests.harness.daemon import REPO, Daemon, make_workdir, new_daemon
 from tests.harness.unitfile import parse_simple_yaml, read_unit
@@ -185,3 +186,18 @@ def test_daemon_without_notify_socket_sends_nothing_and_serves(monkeypatch: pyte
         assert d.crictl("version").returncode == 0
     finally:
         stop_and_clean(d)
+
+
+def test_kind_node_config_is_a_valid_cri_shim_config_on_the_default_socket() -> None:
+    config = load_config(DEPLOY / "kind" / "config.toml")
+    assert str(config.socket_path) == DEFAULT_SOCKET
+    assert config.runtime.cgroup_driver == "cgroupfs"
+
+
+def test_kind_dockerfile_copies_files_that_exist() -> None:
+    """A renamed deploy file must not silently break the node image recipe (it cannot be built here)."""
+    sources = [src for line in (DEPLOY / "kind" / "Dockerfile").read_text().splitlines()
+               if line.startswith("COPY ") and "--from=" not in line for src in line.split()[1:-1]]
+    assert sources
+    for source in sources:
+        assert (REPO / source).exists(), f"deploy/kind/Dockerfile copies {source}, which does not exist"
