@@ -36,6 +36,9 @@ from tests.harness.lifecycle_env import BUSYBOX, NGINX, Mirror, lifecycle_daemon
 
 T = TypeVar("T")
 
+# The first test also pays for the module's setup (test images built on a fresh machine, the mirror, kubelet).
+pytestmark = pytest.mark.timeout(600)
+
 # Host-wide names, unique to this suite (other suites run on the same machine at the same time).
 BRIDGE = "cskubelet0"
 SUBNET = "10.241.0.0/24"
