@@ -21,6 +21,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -429,10 +430,9 @@ def snapshot_running(env: Env) -> dict[str, tuple[str, int, str]]:
 
 
 def test_kill_9_of_cri_shim_under_kubelet_restarts_nothing(env: Env) -> None:
-    for name, containers in (("share", ("writer", "reader")), ("probes", ("app",)), ("crasher", ("c",)),
-                             ("hostnet", ("web",)), ("hostport", ("nginx",)), ("dns", ("c",)),
-                             ("rotate", ("c",)), ("chatty", ("c",))):
-        env.wait(f"pod {name} running", lambda n=name, cs=containers: env.running(n, *cs), timeout=120)
+    for m in all_manifests(env.host_net_port, env.host_port):
+        name, containers = m["metadata"]["name"], [c["name"] for c in m["spec"]["containers"]]
+        env.wait(f"pod {name} running", partial(env.running, name, *containers), timeout=120)
     before = snapshot_running(env)
     sandboxes = sorted(p["id"] for p in env.crictl_json("pods", "-o", "json")["items"])
     all_containers = sorted(c["id"] for c in env.crictl_json("ps", "-a", "-o", "json")["containers"])

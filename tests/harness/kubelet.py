@@ -27,10 +27,8 @@ Swap checks stay on (the host has no swap).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -41,10 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.daemon import TMP_BASE, REPO
+from tests.harness.daemon import REPO, TMP_BASE
 from tests.harness.leaks import cgroup_tag
-
-log = logging.getLogger(__name__)
 
 KUBELET_VERSION = "v1.37.2"
 KUBELET_CACHE = Path(os.environ.get("KUBELET_CACHE", "/var/cache/cri-shim-tests"))
@@ -269,7 +265,3 @@ class Kubelet:
 
     def remove_pod(self, name: str) -> None:
         (self.manifests / f"{name}.json").unlink(missing_ok=True)
-
-
-def remove_workdir(workdir: Path) -> None:
-    shutil.rmtree(workdir, ignore_errors=True)
