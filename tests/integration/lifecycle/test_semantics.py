@@ -15,7 +15,7 @@ import pytest
 
 from cri_shim.api import api_pb2 as pb
 from tests.harness.daemon import Daemon
-from tests.harness.lifecycle_env import (BUSYBOX, Cri, cgroups_of, container_config, pod_config, rpc_error,
+from tests.harness.lifecycle_env import (BUSYBOX, NGINX, Cri, cgroups_of, container_config, pod_config, rpc_error,
                                          wait_for)
 
 RUNNING, EXITED = pb.CONTAINER_RUNNING, pb.CONTAINER_EXITED
@@ -347,3 +347,51 @@ def test_start_phases_are_exported_as_prometheus_histograms(daemon: Daemon, cri:
         count = re.search(rf'cri_shim_lifecycle_phase_duration_seconds_count\{{phase="{phase}"\}} (\S+)', text)
         assert count is not None and float(count.group(1)) >= 1, phase
     assert re.search(r"phase shim_spawn took [0-9.]+ms", daemon.log_text())   # and logged at debug
+
+
+def test_image_volumes_are_read_only_executable_and_reported(daemon: Daemon, cri: Cri) -> None:
+    ref = cri.pull(BUSYBOX)
+    sid = cri.run_pod()
+    volume = pb.Mount(container_path="/mnt/image-volume", readonly=True,
+                      image=pb.ImageSpec(image=ref, user_specified_image=BUSYBOX))
+    etc_only = pb.Mount(container_path="/mnt/etc", readonly=True, image=pb.ImageSpec(image=BUSYBOX),
+                        image_sub_path="etc")
+    cid = cri.run(sid, container_config(command=["sleep", "1000"], mounts=[volume, etc_only]))
+    assert cri.exec_sync(cid, ["/mnt/image-volume/bin/ls", "/mnt/image-volume/bin/sh"]).exit_code == 0
+    r = cri.exec_sync(cid, ["touch", "/mnt/image-volume/x"])
+    assert r.exit_code != 0 and b"Read-only file system" in r.stderr
+    assert b"passwd" in cri.exec_sync(cid, ["ls", "/mnt/etc"]).stdout
+    assert cri.exec_sync(cid, ["ls", "/mnt/etc/bin"]).exit_code != 0   # only /etc of the image
+    mounts = cri.status(cid).status.mounts
+    assert [m.image.image_ref for m in mounts] == [ref, ref]
+    # While the container exists the image's snapshots stay, even if the image is removed; then they go.
+    cri.client.image.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)), timeout=30)
+    assert os.listdir(daemon.root / "snapshots")
+    assert cri.exec_sync(cid, ["/mnt/image-volume/bin/true"]).exit_code == 0
+    cri.remove(cid)
+    assert os.listdir(daemon.root / "snapshots") == []
+
+
+def test_bad_image_volumes_are_rejected(cri: Cri) -> None:
+    sid = cri.run_pod()
+    writable = pb.Mount(container_path="/v", readonly=False, image=pb.ImageSpec(image=BUSYBOX))
+    e = rpc_error(cri.create, sid, container_config("w", command=["true"], mounts=[writable]))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "readonly" in (e.details() or "")
+    missing = pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image=BUSYBOX),
+                       image_sub_path="no/such/dir")
+    e = rpc_error(cri.create, sid, container_config("m", command=["true"], mounts=[missing]))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "no/such/dir" in (e.details() or "")
+    escape = pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image=BUSYBOX), image_sub_path="../x")
+    assert rpc_error(cri.create, sid, container_config("e", command=["true"], mounts=[escape])).code() == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert cri.containers() == []
+
+
+def test_a_multi_layer_image_volume_shows_every_layer(daemon: Daemon, cri: Cri) -> None:
+    cri.pull(NGINX)   # the nginx look-alike has several layers: the volume is an overlay of them
+    sid = cri.run_pod()
+    volume = pb.Mount(container_path="/mnt/web", readonly=True, image=pb.ImageSpec(image=NGINX))
+    cid = cri.run(sid, container_config(command=["sleep", "1000"], mounts=[volume]))
+    r = cri.exec_sync(cid, ["sh", "-c", "test -x /mnt/web/bin/sh && test -f /mnt/web/docker-entrypoint.sh && "
+                                        "grep overlay /proc/mounts | grep -c /mnt/web"])
+    assert (r.exit_code, r.stdout) == (0, b"1\n"), r.stderr
