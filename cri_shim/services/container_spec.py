@@ -13,8 +13,9 @@ comment says otherwise:
 - working dir: the config's, else the image's, else "/";
 - mounts: bind mounts of host paths (symlinks resolved, missing dirs
   created), propagation checked against the host mount it sits on;
-  selinux_relabel is ignored (no SELinux on this host); id-mapped mounts are
-  refused; image volumes (Mount.image) are the image's layers, read-only (a
+  selinux_relabel is ignored (no SELinux on this host); recursive_read_only
+  becomes the "rro" option (mount_setattr on the whole tree, read-only and
+  private only); id-mapped mounts are refused; image volumes (Mount.image) are the image's layers, read-only (a
   bind of the one layer, or an overlay of several), optionally only a sub path;
 - devices: host device nodes by path, with a device cgroup rule each;
 - resources: CRI LinuxContainerResources -> OCI linux.resources;
@@ -344,9 +345,11 @@ def mounts(config: pb.ContainerConfig, mountinfo: str | None = None,
         if m.uidMappings or m.gidMappings:
             raise InvalidArgument(f"{where}: id-mapped mounts need user namespaces, which this runtime does not "
                                   "support")
-        if m.recursive_read_only:
-            raise InvalidArgument(f"{where}.recursive_read_only: recursive read-only mounts are not supported "
-                                  "by this runtime (the handler does not advertise recursive_read_only_mounts)")
+        if m.recursive_read_only and not m.readonly:
+            raise InvalidArgument(f"{where}.recursive_read_only: needs readonly: true")
+        if m.recursive_read_only and m.propagation != pb.PROPAGATION_PRIVATE:
+            raise InvalidArgument(f"{where}.recursive_read_only: needs private propagation (a read-only tree "
+                                  "cannot receive or send mount events)")
         dest = m.container_path
         if not dest.startswith("/") or "\0" in dest or ".." in dest.split("/"):
             raise InvalidArgument(f"{where}.container_path: {dest!r} must be an absolute path without '..'")
@@ -362,6 +365,8 @@ def mounts(config: pb.ContainerConfig, mountinfo: str | None = None,
         source = host_source(m.host_path, where)
         check_propagation(source, m.propagation, where, mountinfo)
         options = ["rbind", _PROPAGATION_OPTION[m.propagation], "ro" if m.readonly else "rw"]
+        if m.recursive_read_only:
+            options.append("rro")
         for opt in m.mount_options:
             if opt not in _ALLOWED_MOUNT_OPTIONS:
                 raise InvalidArgument(f"{where}.mount_options: {opt!r} is not supported "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -395,3 +396,22 @@ def test_a_multi_layer_image_volume_shows_every_layer(daemon: Daemon, cri: Cri) 
     r = cri.exec_sync(cid, ["sh", "-c", "test -x /mnt/web/bin/sh && test -f /mnt/web/docker-entrypoint.sh && "
                                         "grep overlay /proc/mounts | grep -c /mnt/web"])
     assert (r.exit_code, r.stdout) == (0, b"1\n"), r.stderr
+
+
+def test_recursive_read_only_covers_sub_mounts(daemon: Daemon, cri: Cri, tmp_path: Path) -> None:
+    assert json.loads(daemon.crictl("info").stdout)["runtimeHandlers"][0]["features"]["recursive_read_only_mounts"]
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "cst-lifecycle-rro", str(sub)], check=True)
+    try:
+        sid = cri.run_pod()
+        plain = pb.Mount(container_path="/plain", host_path=str(tmp_path), readonly=True)
+        rro = pb.Mount(container_path="/rro", host_path=str(tmp_path), readonly=True, recursive_read_only=True)
+        cid = cri.run(sid, container_config(command=["sleep", "1000"], mounts=[plain, rro]))
+        assert cri.exec_sync(cid, ["touch", "/plain/sub/ok"]).exit_code == 0   # ro is not recursive...
+        r = cri.exec_sync(cid, ["touch", "/rro/sub/no"])                       # ... rro is
+        assert r.exit_code != 0 and b"Read-only file system" in r.stderr
+        assert (sub / "ok").exists() and not (sub / "no").exists()
+        cri.remove_pod(sid)
+    finally:
+        subprocess.run(["umount", str(sub)], check=True)
