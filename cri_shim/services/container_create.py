@@ -193,7 +193,8 @@ async def _create(state: RuntimeState, sb: Sandbox, config: pb.ContainerConfig, 
         record = record.with_(state=ContainerState.CREATED, image_id=image.id, image_ref=image.id,
                               resources=built.resources, user=user,
                               extra={"stop_signal": built.stop_signal, "stop_signal_cri": int(config.stop_signal),
-                                     "image_volumes": {str(i): v.image_id for i, v in volumes.items()}})
+                                     "image_volumes": {str(i): v.image_id for i, v in volumes.items()},
+                                     "cgroups_path": built.spec["linux"]["cgroupsPath"]})
         state.containers.put(record)
         record_status(state, status)
         undo.commit()

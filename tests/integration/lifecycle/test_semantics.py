@@ -415,3 +415,27 @@ def test_recursive_read_only_covers_sub_mounts(daemon: Daemon, cri: Cri, tmp_pat
         cri.remove_pod(sid)
     finally:
         subprocess.run(["umount", str(sub)], check=True)
+
+
+def test_pod_sandbox_metrics_report_the_containers_real_numbers(cri: Cri) -> None:
+    descriptors = cri.rt.ListMetricDescriptors(pb.ListMetricDescriptorsRequest(), timeout=10).descriptors
+    keys = {d.name: len(d.label_keys) for d in descriptors}
+    assert all(d.help and d.label_keys for d in descriptors) and "container_memory_working_set_bytes" in keys
+    sid = cri.run_pod()
+    limits = pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_shares=256)
+    cid = cri.run(sid, container_config(command=["sh", "-c", "sleep 1000 & sleep 1000 & wait"],
+                                        linux=pb.LinuxContainerConfig(resources=limits)))
+    assert wait_for(lambda: b"sleep" in cri.exec_sync(cid, ["ps"]).stdout)
+    pods = cri.rt.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest(), timeout=30).pod_metrics
+    [pod] = [p for p in pods if p.pod_sandbox_id == sid]
+    [ctr] = pod.container_metrics
+    values = {m.name: m.value.value for m in ctr.metrics if len(m.label_values) == 6}
+    assert ctr.container_id == cid
+    assert values["container_spec_memory_limit_bytes"] == 64 << 20
+    assert values["container_spec_cpu_shares"] == 256
+    assert values["container_processes"] == 3   # sh and its two sleeps
+    assert values["container_memory_usage_bytes"] > 0
+    assert all(len(m.label_values) == keys[m.name] for m in [*ctr.metrics, *pod.metrics])
+    received = {m.label_values[-1]: m.value.value for m in pod.metrics
+                if m.name == "container_network_receive_packets_total"}
+    assert set(received) == {"eth0"}   # the pod's interface (CNI), not the host's
