@@ -70,6 +70,11 @@ typecheck: venv stubs
 unit: venv stubs
 	$(PY) -m pytest tests/unit -q
 
+# The Windows runtime on Linux: fakes of the Windows DLLs, mingw-w64 headers for the ABI check (README).
+.PHONY: windows-test
+windows-test: venv stubs
+	$(PY) -m pytest tests/windows -q
+
 integration: venv stubs tools
 	$(PY) -m pytest tests/integration -q
 

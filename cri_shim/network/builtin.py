@@ -27,8 +27,11 @@ import hashlib
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -41,7 +44,12 @@ from runtime.linux import netns
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 POD_IFNAME = "eth0"
+POD_IFINDEX = 2
+EOPNOTSUPP = 95
+EINVAL = 22
 VETH_PREFIX = "vcs"
 ENODEV = 19
 EEXIST = 17
@@ -77,6 +85,39 @@ class BridgeMissing(Exception):
     """The bridge vanished since the network was prepared (someone deleted it)."""
 
 
+class HostNetlink:
+    """One pyroute2 socket in the host netns, kept open and used only on its own worker thread.
+
+    Reusing the socket saves opening one per pod (pyroute2 sockets must stay on the thread that made
+    them); the worker thread never enters a pod's namespace.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink-host")
+        self._ipr: IPRoute | None = None
+
+    async def call(self, fn: Callable[[IPRoute], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn)
+
+    def _run(self, fn: Callable[[IPRoute], T]) -> T:
+        if self._ipr is None:
+            self._ipr = IPRoute()
+        try:
+            return fn(self._ipr)
+        except OSError:
+            self._reset()  # a broken socket: the next call opens a fresh one
+            raise
+
+    def _reset(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def close(self) -> None:
+        self._executor.submit(self._reset).result()
+        self._executor.shutdown(wait=True)
+
+
 class BuiltinNetwork:
     def __init__(self, settings: BuiltinSettings, allocations: Allocations, nft: Nft) -> None:
         self.settings = settings
@@ -84,6 +125,8 @@ class BuiltinNetwork:
         self._nft = nft
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        self._host = HostNetlink()
+        self._bridge_index: int | None = None
 
     # ------------------------------------------------------------ network-wide
 
@@ -181,8 +224,7 @@ class BuiltinNetwork:
         try:
             await self._plumb(spec.sandbox_id, netns_path, ip)
             if spec.host_ports:
-                ports = await asyncio.to_thread(self._alloc.host_ports_of, spec.sandbox_id)
-                await asyncio.to_thread(self._publish, ports, ip)
+                await asyncio.to_thread(self._publish, self._alloc.host_ports_of(spec.sandbox_id), ip)
         except BaseException:
             await asyncio.shield(self._undo_setup(spec.sandbox_id))
             raise
@@ -190,35 +232,51 @@ class BuiltinNetwork:
 
     async def _plumb(self, sandbox_id: str, netns_path: Path, ip: str) -> None:
         try:
-            await asyncio.to_thread(self._add_veth, sandbox_id, netns_path)
+            index = await self._host.call(lambda ipr: self._add_veth(ipr, sandbox_id, netns_path))
         except BridgeMissing:
             log.warning("bridge %s disappeared; recreating it", self.settings.bridge)
             self._ready = False
             await self.ensure_ready()
-            await asyncio.to_thread(self._add_veth, sandbox_id, netns_path)
-        await netns.run_in_netns_async(netns_path, lambda: _configure_pod_side(self.settings, ip))
+            index = await self._host.call(lambda ipr: self._add_veth(ipr, sandbox_id, netns_path))
+        await netns.run_in_netns_async(netns_path, lambda: _configure_pod_side(self.settings, ip, index))
 
-    def _add_veth(self, sandbox_id: str, netns_path: Path) -> None:
-        name = veth_name(sandbox_id)
-        with IPRoute() as ipr:
+    def _bridge(self, ipr: IPRoute, refresh: bool = False) -> int:
+        if self._bridge_index is None or refresh:
             found = ipr.link_lookup(ifname=self.settings.bridge)
             if not found:
                 raise BridgeMissing(self.settings.bridge)
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                try:
-                    _add_veth_pair(ipr, name, fd, found[0])
-                except NetlinkError as e:
-                    if e.code != EEXIST:
-                        raise
-                    _delete_link(ipr, name)  # left by an earlier attempt for this sandbox: start over
-                    _add_veth_pair(ipr, name, fd, found[0])
-            except NetlinkError as e:
-                raise Internal(f"cannot create the veth pair {name}/{POD_IFNAME} for the pod: {e}") from None
-            finally:
-                os.close(fd)
+            self._bridge_index = int(found[0])
+        return self._bridge_index
+
+    def _add_veth(self, ipr: IPRoute, sandbox_id: str, netns_path: Path) -> int | None:
+        """Create the pair with eth0 straight in the pod's netns; returns eth0's ifindex there if known."""
+        name = veth_name(sandbox_id)
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            index = self._add_veth_retrying(ipr, name, fd)
+        except NetlinkError as e:
+            raise Internal(f"cannot create the veth pair {name}/{POD_IFNAME} for the pod: {e}") from None
+        finally:
+            os.close(fd)
         # Hairpin: a pod reaching its own hostPort through the host gets the packet back on its own port.
         _write_sysctl(Path("/sys/class/net") / name / "brport" / "hairpin_mode", "1")
+        return index
+
+    def _add_veth_retrying(self, ipr: IPRoute, name: str, fd: int) -> int | None:
+        for attempt in range(3):
+            try:
+                # eth0 asks for ifindex 2 (a fresh netns has only lo): the pod side then usually needs no lookup.
+                _add_veth_pair(ipr, name, fd, self._bridge(ipr, refresh=attempt > 0), POD_IFINDEX)
+                return POD_IFINDEX
+            except NetlinkError as e:
+                if e.code == EEXIST and ipr.link_lookup(ifname=name):
+                    _delete_link(ipr, name)  # left by an earlier attempt for this sandbox: start over
+                elif e.code not in (ENODEV, EEXIST, EOPNOTSUPP, EINVAL):
+                    raise
+                # EINVAL/ENODEV/EOPNOTSUPP: the cached bridge index is stale (the bridge was deleted or
+                # recreated); EEXIST: ifindex 2 is taken in the pod's netns.
+        _add_veth_pair(ipr, name, fd, self._bridge(ipr, refresh=True), None)
+        return None
 
     def _publish(self, ports: list[HostPort], ip: str) -> None:
         t = f"ip {self.settings.nft_table}"
@@ -237,7 +295,7 @@ class BuiltinNetwork:
         """Unpublish hostPorts, delete the veth, release the IP. Idempotent."""
         ports = await asyncio.to_thread(self._alloc.host_ports_of, sandbox_id)
         await asyncio.to_thread(self._unpublish, ports)
-        await asyncio.to_thread(self._delete_veth, sandbox_id)
+        await self._host.call(lambda ipr: self._delete_veth(ipr, sandbox_id))
         # Release last: the IP must not go to another pod while this pod's veth still carries it.
         await asyncio.to_thread(self._alloc.release, sandbox_id)
 
@@ -250,12 +308,15 @@ class BuiltinNetwork:
                 if not missing(e):
                     raise Internal(f"cannot remove hostPort {port.describe()} from nftables table {t}: {e}") from None
 
-    def _delete_veth(self, sandbox_id: str) -> None:
-        with IPRoute() as ipr:
-            try:
-                _delete_link(ipr, veth_name(sandbox_id))
-            except NetlinkError as e:
-                raise Internal(f"cannot delete the pod's veth {veth_name(sandbox_id)}: {e}") from None
+    def _delete_veth(self, ipr: IPRoute, sandbox_id: str) -> None:
+        try:
+            _delete_link(ipr, veth_name(sandbox_id))
+        except NetlinkError as e:
+            raise Internal(f"cannot delete the pod's veth {veth_name(sandbox_id)}: {e}") from None
+
+    def close(self) -> None:
+        """Close the host netlink socket and its worker thread."""
+        self._host.close()
 
     async def check(self, sandbox_id: str, netns_path: Path) -> None:
         """Raise FailedPrecondition if the pod's interface, address or hostPorts are not in place."""
@@ -326,9 +387,11 @@ def _check_subnet_free(ipr: IPRoute, s: BuiltinSettings) -> None:
                 f"{names.get(oif, 'another interface')}; choose a free subnet for the built-in network")
 
 
-def _add_veth_pair(ipr: IPRoute, name: str, netns_fd: int, bridge_index: int) -> None:
-    ipr.link("add", ifname=name, kind="veth", peer={"ifname": POD_IFNAME, "net_ns_fd": netns_fd},
-             master=bridge_index, state="up")
+def _add_veth_pair(ipr: IPRoute, name: str, netns_fd: int, bridge_index: int, peer_index: int | None) -> None:
+    peer: dict[str, object] = {"ifname": POD_IFNAME, "net_ns_fd": netns_fd}
+    if peer_index is not None:
+        peer["index"] = peer_index
+    ipr.link("add", ifname=name, kind="veth", peer=peer, master=bridge_index, state="up")
 
 
 def _delete_link(ipr: IPRoute, name: str) -> None:
@@ -339,11 +402,19 @@ def _delete_link(ipr: IPRoute, name: str) -> None:
             raise
 
 
-def _configure_pod_side(s: BuiltinSettings, ip: str) -> None:
+def _configure_pod_side(s: BuiltinSettings, ip: str, index: int | None) -> None:
     """Runs inside the pod's netns: address eth0, bring it up, default route via the bridge."""
     with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=POD_IFNAME)[0]
-        ipr.addr("add", index=index, address=ip, prefixlen=s.subnet.prefixlen)
+        try:
+            if index is None:
+                raise NetlinkError(ENODEV)
+            ipr.addr("add", index=index, address=ip, prefixlen=s.subnet.prefixlen)
+        except NetlinkError as e:
+            # The kernel may hand out another ifindex than asked (e.g. right after a failed attempt).
+            if e.code != ENODEV:
+                raise
+            index = ipr.link_lookup(ifname=POD_IFNAME)[0]
+            ipr.addr("add", index=index, address=ip, prefixlen=s.subnet.prefixlen)
         ipr.link("set", index=index, state="up")
         ipr.route("add", dst="0.0.0.0/0", gateway=str(s.gateway), oif=index)
 

@@ -176,10 +176,12 @@ class PodNetworkManager:
         await self._builtin_network().remove()
 
     def close(self) -> None:
+        if self._builtin is not None:
+            self._builtin.close()
+            self._builtin = None
         if self._nft is not None:
             self._nft.close()
             self._nft = None
-            self._builtin = None
 
     # ------------------------------------------------------------ helpers
 

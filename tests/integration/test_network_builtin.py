@@ -162,7 +162,7 @@ def test_ips_are_never_handed_out_twice_and_survive_a_restart(env: Env) -> None:
 
 def test_host_network_pod_gets_no_address() -> None:
     workdir = make_workdir("nethost")
-    e = Env(workdir, network_config(workdir))
+    e = Env(workdir, network_config(workdir, builtin_bridge="cstnethost0", nft_table="cstnethost"))
     try:
         st = e.run(e.manager.setup_pod(e.spec("hostnet", host_network=True), workdir / "unused"))
         assert st.ips == () and st.network == "host"
@@ -170,6 +170,20 @@ def test_host_network_pod_gets_no_address() -> None:
     finally:
         e.close()
         remove_workdir(workdir)
+
+
+def test_a_deleted_bridge_is_recreated_by_the_next_pod(env: Env) -> None:
+    first = env.spec("before")
+    env.setup(first)
+    env.teardown(first.sandbox_id)
+    delete_link(BRIDGE)                      # an operator (or another tool) removed it
+    second, third = env.spec("after"), env.spec("after-2")
+    a, b = env.setup(second), env.setup(third)
+    assert link_exists(BRIDGE)
+    with httpd(b.netns_path, env.workdir / "www-re", "recreated"):
+        assert http_get_in(a.netns_path, b.ip, 80) == "recreated"
+    env.teardown(second.sandbox_id)
+    env.teardown(third.sandbox_id)
 
 
 def test_gc_releases_networks_of_unknown_sandboxes(env: Env) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,3 +198,40 @@ def test_network_ready_transitions_with_the_conf_dir() -> None:
     finally:
         e.close()
         remove_workdir(workdir)
+
+
+SLOW_PLUGIN = """#!/bin/sh
+cat >/dev/null
+[ "$CNI_COMMAND" = DEL ] && exit 0
+sleep 300 &
+echo $! > "$PID_FILE"
+wait
+"""
+
+
+def test_a_plugin_that_hangs_is_killed_with_its_children_at_the_timeout(env: Env) -> None:
+    plugin = env.workdir / "bin" / "cstslow"
+    plugin.write_text(SLOW_PLUGIN)
+    plugin.chmod(0o755)
+    conf = env.workdir / "net.d" / "05-cstslow.conflist"
+    conf.write_text(bridge_conflist(env.workdir, [{"type": "cstslow"}]))
+    pid_file = env.workdir / "slow.pid"
+    os.environ["PID_FILE"] = str(pid_file)
+    slow = env.new_manager(cni_plugin_timeout=1.0)
+    fast, env.manager = env.manager, slow
+    try:
+        before = host_local_ips(env)
+        spec = env.spec("hangs")
+        with pytest.raises(CniPluginError, match=r"cstslow did not finish within 1 s \(network.cni_plugin_timeout\)"):
+            env.setup(spec)
+        child = int(pid_file.read_text())
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{child}").exists(), "the plugin's child outlived the timeout"
+        assert host_local_ips(env) == before      # rolled back with DEL
+    finally:
+        env.manager = fast
+        slow.close()
+        conf.unlink()
+        del os.environ["PID_FILE"]
