@@ -6,9 +6,9 @@
 - teardown: StopPodSandbox + RemovePodSandbox (which removes the container), p50/p99;
 - list: ListContainers and ListPodSandbox p50/p99 with `--list-pods` pods running one container each.
 
-Both runtimes get host-network pods, so no CNI plugin time is in either number (cri-shim's pod network is
-measured separately with `--pod-network`, loopback only until the network manager is wired in). The same
-Python gRPC client drives both; compare ratios, not absolute times.
+By default both runtimes get host-network pods, so no CNI plugin time is in either number; `--pod-network`
+adds a run with pod networks (CNI bridge plugin on both: the same plugins, each runtime its own bridge). The
+same Python gRPC client drives both; compare ratios, not absolute times.
 """
 
 from __future__ import annotations
@@ -79,16 +79,25 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
-def start_and_teardown(label: str, client: CriClient, pods: int, host_network: bool) -> list[Samples]:
-    for _ in range(5):  # warm-up: zygote, page cache, first-call paths
-        teardown_pod(client, start_pod(client, host_network))
-    starts, teardowns = [], []
+def start_and_teardown(clients: dict[str, CriClient], pods: int, host_network: bool, tag: str = ""
+                       ) -> list[Samples]:
+    """`pods` start+teardown cycles on each runtime, interleaved (one pod here, one there), so a change of load
+    on this shared machine hits every runtime alike."""
+    for client in clients.values():
+        for _ in range(5):  # warm-up: zygote, page cache, first-call paths
+            teardown_pod(client, start_pod(client, host_network))
+    starts: dict[str, list[float]] = {name: [] for name in clients}
+    teardowns: dict[str, list[float]] = {name: [] for name in clients}
     for _ in range(pods):
-        box: list[str] = []
-        starts.append(timed(lambda: box.append(start_pod(client, host_network))))
-        teardowns.append(timed(lambda: teardown_pod(client, box[0])))
-    return _show([Samples(f"{label} start (run+create+start)", starts),
-                  Samples(f"{label} teardown (stopp+rmp)", teardowns)])
+        for name, client in clients.items():
+            box: list[str] = []
+            starts[name].append(timed(lambda: box.append(start_pod(client, host_network))))
+            teardowns[name].append(timed(lambda: teardown_pod(client, box[0])))
+    out = []
+    for name in clients:
+        out += [Samples(f"{name} {tag}start (run+create+start)", starts[name]),
+                Samples(f"{name} {tag}teardown (stopp+rmp)", teardowns[name])]
+    return _show(out)
 
 
 def _show(samples: list[Samples]) -> list[Samples]:
@@ -113,22 +122,6 @@ def lists(label: str, client: CriClient, pods: int, calls: int = 1000) -> list[S
 
 def pull(client: CriClient, image: str) -> None:
     client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=300)
-
-
-def run_cri_shim(mirror: Mirror, args: argparse.Namespace) -> list[Samples]:
-    d = lifecycle_daemon(mirror, extra={"server": {"log_level": "info"}}).start()
-    client = d.client()
-    try:
-        pull(client, WORKLOAD)
-        out = start_and_teardown("cri-shim", client, args.pods, host_network=True)
-        if args.pod_network:
-            out += start_and_teardown("cri-shim pod-network", client, args.pods, host_network=False)
-        if args.list_pods:
-            out += lists("cri-shim", client, args.list_pods)
-        return out
-    finally:
-        client.close()
-        d.stop()
 
 
 def restart(mirror: Mirror, pods: int) -> None:
@@ -160,19 +153,31 @@ def restart(mirror: Mirror, pods: int) -> None:
     d.stop()
 
 
-def run_containerd(mirror: Mirror, args: argparse.Namespace) -> list[Samples]:
-    from bench.containerd import Containerd
-    ctd = Containerd(mirror=f"http://{mirror.registry.host}").start()
-    client = CriClient(ctd.endpoint)
+def run(mirror: Mirror, args: argparse.Namespace) -> list[Samples]:
+    d = lifecycle_daemon(mirror, extra={"server": {"log_level": "info"}}).start()
+    clients = {"cri-shim": d.client()}
+    ctd = None
     try:
-        pull(client, WORKLOAD)
-        out = start_and_teardown("containerd", client, args.pods, host_network=True)
-        if args.list_pods and args.containerd_lists:
-            out += lists("containerd", client, args.list_pods)
+        if args.containerd:
+            from bench.containerd import Containerd
+            ctd = Containerd(mirror=f"http://{mirror.registry.host}").start()
+            clients["containerd"] = CriClient(ctd.endpoint)
+        for client in clients.values():
+            pull(client, WORKLOAD)
+        out = start_and_teardown(clients, args.pods, host_network=True)
+        if args.pod_network:
+            out += start_and_teardown(clients, args.pods, host_network=False, tag="pod-network ")
+        if args.list_pods:
+            out += lists("cri-shim", clients["cri-shim"], args.list_pods)
+            if ctd is not None and args.containerd_lists:
+                out += lists("containerd", clients["containerd"], args.list_pods)
         return out
     finally:
-        client.close()
-        ctd.stop()
+        for client in clients.values():
+            client.close()
+        if ctd is not None:
+            ctd.stop()
+        d.stop()
 
 
 def main() -> None:
@@ -188,16 +193,15 @@ def main() -> None:
     try:
         if args.restart_pods:
             restart(mirror, args.restart_pods)
-        results = run_cri_shim(mirror, args)
-        if args.containerd:
-            results += run_containerd(mirror, args)
+        results = run(mirror, args)
     finally:
         mirror.close()
     print("----")
     for s in results:
         print(s.line())
     by = {s.name: s for s in results}
-    for what in ("start (run+create+start)", "teardown (stopp+rmp)"):
+    for what in ("start (run+create+start)", "teardown (stopp+rmp)", "pod-network start (run+create+start)",
+                 "pod-network teardown (stopp+rmp)"):
         ours, theirs = by.get(f"cri-shim {what}"), by.get(f"containerd {what}")
         if ours and theirs:
             print(f"ratio cri-shim/containerd {what}: p50 {ours.pct(50) / theirs.pct(50):.2f}x, "

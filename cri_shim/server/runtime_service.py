@@ -16,8 +16,9 @@ from cri_shim.server.unimplemented import fill_unimplemented
 from cri_shim.services import (container_attach, container_create, container_events, container_exec,
                                container_execsync, container_list, container_log_reopen, container_remove,
                                container_start, container_stats, container_status, container_stop, container_update,
-                               runtime_config, sandbox_list, sandbox_portforward, sandbox_remove, sandbox_run,
-                               sandbox_stats, sandbox_status, sandbox_stop, sandbox_update, status, version)
+                               runtime_config, sandbox_list, sandbox_metrics, sandbox_portforward, sandbox_remove,
+                               sandbox_run, sandbox_stats, sandbox_status, sandbox_stop, sandbox_update, status,
+                               version)
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
@@ -72,6 +73,14 @@ class RuntimeService:
     async def UpdatePodSandboxResources(self, request: pb.UpdatePodSandboxResourcesRequest,
                                         context: Ctx) -> pb.UpdatePodSandboxResourcesResponse:
         return await sandbox_update.update_pod_sandbox_resources(self.state, request)
+
+    async def ListMetricDescriptors(self, request: pb.ListMetricDescriptorsRequest,
+                                    context: Ctx) -> pb.ListMetricDescriptorsResponse:
+        return sandbox_metrics.list_metric_descriptors(request)
+
+    async def ListPodSandboxMetrics(self, request: pb.ListPodSandboxMetricsRequest,
+                                    context: Ctx) -> pb.ListPodSandboxMetricsResponse:
+        return await sandbox_metrics.list_pod_sandbox_metrics(self.state, request)
 
     async def PortForward(self, request: pb.PortForwardRequest, context: Ctx) -> pb.PortForwardResponse:
         return await sandbox_portforward.portforward_url(self.state, request)

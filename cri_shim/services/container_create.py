@@ -97,6 +97,23 @@ def _target_pid_ns(state: RuntimeState, sb: Sandbox, config: pb.ContainerConfig)
     return f"/proc/{target.pid}/ns/pid"
 
 
+def image_volume_user(container_id: str, index: int) -> str:
+    """The image store user id of a container's image volume (the container itself uses its own image)."""
+    return f"{container_id}:volume{index}"
+
+
+async def _use_image_volumes(state: RuntimeState, cid: str, config: pb.ContainerConfig,
+                             undo: UndoStack) -> dict[int, container_spec.ImageVolume]:
+    """Find each image volume's image and hold it (its snapshots stay while the container exists)."""
+    volumes = {}
+    for i, text in container_spec.image_volume_requests(config).items():
+        user = image_volume_user(cid, i)
+        undo.push(f"release image volume {i}", lambda user=user: state.images.remove_user(user))  # type: ignore[misc]
+        found = await asyncio.to_thread(state.images.use, text, user)
+        volumes[i] = container_spec.ImageVolume(image_id=found.id, layers=found.layers)
+    return volumes
+
+
 def _pod_went_away(state: RuntimeState, sandbox_id: str) -> CriError | None:
     """A create that failed because its pod was stopped or removed meanwhile: say that, not what broke."""
     now = state.sandboxes.get(sandbox_id)
@@ -139,11 +156,12 @@ async def _create(state: RuntimeState, sb: Sandbox, config: pb.ContainerConfig, 
         with timer.time(phases.ROOTFS, cid):
             undo.push("release the image", lambda: state.images.remove_user(cid))
             image = await asyncio.to_thread(state.images.use, config.image.image, cid)
+            volumes = await _use_image_volumes(state, cid, config, undo)
         await fp.hit("container_create.after_image")
 
         with timer.time(phases.SPEC, cid):
             built = await asyncio.to_thread(container_spec.build, cid, config, _pod_info(sb), _image_info(image),
-                                            _target_pid_ns(state, sb, config))
+                                            _target_pid_ns(state, sb, config), None, volumes)
             undo.push("remove the container dir", lambda: shutil.rmtree(directory, ignore_errors=True))
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             (directory / "scratch").mkdir(mode=0o700, exist_ok=True)
@@ -174,7 +192,9 @@ async def _create(state: RuntimeState, sb: Sandbox, config: pb.ContainerConfig, 
         user = {"uid": built.user.uid, "gid": built.user.gid, "groups": list(built.user.additional_gids)}
         record = record.with_(state=ContainerState.CREATED, image_id=image.id, image_ref=image.id,
                               resources=built.resources, user=user,
-                              extra={"stop_signal": built.stop_signal, "stop_signal_cri": int(config.stop_signal)})
+                              extra={"stop_signal": built.stop_signal, "stop_signal_cri": int(config.stop_signal),
+                                     "image_volumes": {str(i): v.image_id for i, v in volumes.items()},
+                                     "cgroups_path": built.spec["linux"]["cgroupsPath"]})
         state.containers.put(record)
         record_status(state, status)
         undo.commit()

@@ -47,7 +47,7 @@ async def remove(state: RuntimeState, container_id: str) -> None:
         with mapped(f"cannot remove container {container_id}"):
             await backend.delete_container(container_id)
     await state.failpoints.hit("container_remove.after_delete")
-    await asyncio.to_thread(release_files, state, container_id)
+    await asyncio.to_thread(release_files, state, container_id, len(c.config.mounts))
     state.containers.delete(container_id)
     state.container_names.release(c.name, container_id)
     if c.state is not ContainerState.CREATING:
@@ -55,7 +55,9 @@ async def remove(state: RuntimeState, container_id: str) -> None:
         container_events.publish(state, container_id, c.sandbox_id, container_events.DELETED)
 
 
-def release_files(state: RuntimeState, container_id: str) -> None:
-    """The image reference and the container's directory (bundle, writable layer)."""
+def release_files(state: RuntimeState, container_id: str, image_volumes: int = 0) -> None:
+    """The image references (its image, its image volumes) and the container's directory."""
     state.images.remove_user(container_id)
+    for i in range(image_volumes):
+        state.images.remove_user(f"{container_id}:volume{i}")
     shutil.rmtree(state.container_dir(container_id), ignore_errors=True)

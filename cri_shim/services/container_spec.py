@@ -13,8 +13,10 @@ comment says otherwise:
 - working dir: the config's, else the image's, else "/";
 - mounts: bind mounts of host paths (symlinks resolved, missing dirs
   created), propagation checked against the host mount it sits on;
-  selinux_relabel is ignored (no SELinux on this host); image volumes and
-  id-mapped mounts are refused;
+  selinux_relabel is ignored (no SELinux on this host); recursive_read_only
+  becomes the "rro" option (mount_setattr on the whole tree, read-only and
+  private only); id-mapped mounts are refused; image volumes (Mount.image) are the image's layers, read-only (a
+  bind of the one layer, or an overlay of several), optionally only a sub path;
 - devices: host device nodes by path, with a device cgroup rule each;
 - resources: CRI LinuxContainerResources -> OCI linux.resources;
 - security: `runtime.linux.security_context.security_parts` (users resolved
@@ -72,6 +74,14 @@ class PodInfo:
     cgroup_parent: str
     namespaces: Mapping[str, str]    # from the backend: "net", "ipc", "uts", "pid" -> path
     config: pb.PodSandboxConfig
+
+
+@dataclass(frozen=True)
+class ImageVolume:
+    """An image mounted as a volume (CRI Mount.image): its id and snapshot dirs, lowest first."""
+
+    image_id: str
+    layers: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -285,19 +295,61 @@ def host_source(host_path: str, where: str) -> str:
     return real
 
 
-def mounts(config: pb.ContainerConfig, mountinfo: str | None = None) -> tuple[oci.Mount, ...]:
+def is_image_volume(m: pb.Mount) -> bool:
+    return m.HasField("image") and bool(m.image.image or m.image.image_ref)
+
+
+def image_volume_requests(config: pb.ContainerConfig) -> dict[int, str]:
+    """Index -> image reference of each image volume, validated (read-only, a clean sub path)."""
+    out = {}
+    for i, m in enumerate(config.mounts):
+        if not is_image_volume(m):
+            continue
+        where = f"config.mounts[{i}]"
+        if not m.readonly:
+            raise InvalidArgument(f"{where}.readonly: an image volume is always read-only; set readonly: true")
+        if m.host_path:
+            raise InvalidArgument(f"{where}: give either host_path or image, not both")
+        sub = m.image_sub_path
+        if sub and (sub.startswith("/") or "\0" in sub or ".." in sub.split("/")):
+            raise InvalidArgument(f"{where}.image_sub_path: {sub!r} must be a relative path inside the image "
+                                  "without '..'")
+        out[i] = m.image.image_ref or m.image.image
+    return out
+
+
+def _image_volume_mount(m: pb.Mount, volume: ImageVolume, dest: str, where: str) -> oci.Mount:
+    """The image's layers at `dest`, read-only: one layer is a bind mount, several an overlay of lowerdirs."""
+    sub = os.path.normpath(m.image_sub_path) if m.image_sub_path else ""
+    dirs = [os.path.join(layer, sub) if sub else layer for layer in volume.layers]
+    dirs = [d for d in dirs if os.path.lexists(d)]
+    if not dirs:
+        raise InvalidArgument(f"{where}.image_sub_path: {m.image_sub_path!r} does not exist in image "
+                              f"{volume.image_id}")
+    if len(dirs) == 1 or not os.path.isdir(dirs[-1]):
+        return oci.Mount(dest, dirs[-1], "bind", ("rbind", "rprivate", "ro", "nodev"))
+    lower = ":".join(reversed([d for d in dirs if os.path.isdir(d)]))   # overlay lists the top layer first
+    if len(lower) > 3500:
+        raise InvalidArgument(f"{where}.image: image {volume.image_id} has too many layers to mount as a volume")
+    return oci.Mount(dest, "overlay", "overlay", ("ro", "nodev", f"lowerdir={lower}"))
+
+
+def mounts(config: pb.ContainerConfig, mountinfo: str | None = None,
+           image_volumes: Mapping[int, ImageVolume] | None = None) -> tuple[oci.Mount, ...]:
     out = []
     seen: set[str] = set()
     for i, m in enumerate(config.mounts):
         where = f"config.mounts[{i}]"
-        if m.HasField("image") and m.image.image:
-            raise Unimplemented(f"{where}.image: image volumes are not supported by cri-shim yet")
+        if is_image_volume(m) and (image_volumes is None or i not in image_volumes):
+            raise Unimplemented(f"{where}.image: the image volume was not resolved")
         if m.uidMappings or m.gidMappings:
             raise InvalidArgument(f"{where}: id-mapped mounts need user namespaces, which this runtime does not "
                                   "support")
-        if m.recursive_read_only:
-            raise InvalidArgument(f"{where}.recursive_read_only: recursive read-only mounts are not supported "
-                                  "by this runtime (the handler does not advertise recursive_read_only_mounts)")
+        if m.recursive_read_only and not m.readonly:
+            raise InvalidArgument(f"{where}.recursive_read_only: needs readonly: true")
+        if m.recursive_read_only and m.propagation != pb.PROPAGATION_PRIVATE:
+            raise InvalidArgument(f"{where}.recursive_read_only: needs private propagation (a read-only tree "
+                                  "cannot receive or send mount events)")
         dest = m.container_path
         if not dest.startswith("/") or "\0" in dest or ".." in dest.split("/"):
             raise InvalidArgument(f"{where}.container_path: {dest!r} must be an absolute path without '..'")
@@ -307,9 +359,14 @@ def mounts(config: pb.ContainerConfig, mountinfo: str | None = None) -> tuple[oc
         seen.add(dest)
         if m.propagation not in _PROPAGATION_OPTION:
             raise InvalidArgument(f"{where}.propagation: unknown value {m.propagation}")
+        if image_volumes is not None and i in image_volumes:
+            out.append(_image_volume_mount(m, image_volumes[i], dest, where))
+            continue
         source = host_source(m.host_path, where)
         check_propagation(source, m.propagation, where, mountinfo)
         options = ["rbind", _PROPAGATION_OPTION[m.propagation], "ro" if m.readonly else "rw"]
+        if m.recursive_read_only:
+            options.append("rro")
         for opt in m.mount_options:
             if opt not in _ALLOWED_MOUNT_OPTIONS:
                 raise InvalidArgument(f"{where}.mount_options: {opt!r} is not supported "
@@ -457,7 +514,8 @@ def _default_path_rules(spec: dict[str, Any], sc: pb.LinuxContainerSecurityConte
 
 
 def build(container_id: str, config: pb.ContainerConfig, pod: PodInfo, image: ImageInfo,
-          target_pid_ns: str | None = None, mountinfo: str | None = None) -> BuiltSpec:
+          target_pid_ns: str | None = None, mountinfo: str | None = None,
+          image_volumes: Mapping[int, ImageVolume] | None = None) -> BuiltSpec:
     sec = _security(config, pod.config, image)
     privileged = config.linux.security_context.privileged
     res = config.linux.resources
@@ -469,7 +527,7 @@ def build(container_id: str, config: pb.ContainerConfig, pod: PodInfo, image: Im
                           cwd=working_dir(config, image), terminal=config.tty, oom_score_adj=oom_score_adj(res))
     spec = oci.build(oci.ContainerConfig(
         process=process, root_readonly=config.linux.security_context.readonly_rootfs,
-        mounts=mounts(config, mountinfo), default_mounts=_default_mounts(privileged),
+        mounts=mounts(config, mountinfo, image_volumes), default_mounts=_default_mounts(privileged),
         annotations=dict(config.annotations),
         linux=oci.LinuxConfig(cgroups_path=f"{pod.cgroup_parent}/{container_id}",
                               namespaces=namespaces(config, pod, target_pid_ns), resources=resources,

@@ -32,6 +32,8 @@ def to_status(c: Container) -> pb.ContainerStatus:
         image_ref=c.image_ref, image_id=c.image_id, reason=c.reason, message=c.message,
         labels=cfg.labels, annotations=cfg.annotations, mounts=cfg.mounts, log_path=c.log_path,
         stop_signal=c.extra.get("stop_signal_cri", 0))
+    for index, image_id in (c.extra.get("image_volumes") or {}).items():
+        status.mounts[int(index)].image.image_ref = image_id   # the digest of what is mounted
     resources = resources_message(c)
     if resources is not None:
         status.resources.CopyFrom(resources)

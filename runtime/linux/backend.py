@@ -67,7 +67,7 @@ class LinuxBackend:
     """Pods and containers with namespaces, cgroups and overlayfs, held by one pod shim per pod."""
 
     name = "native"
-    features = base.HandlerFeatures(recursive_read_only_mounts=False, user_namespaces=False)
+    features = base.HandlerFeatures(recursive_read_only_mounts=True, user_namespaces=False)
 
     def __init__(self, state_dir: str | Path, *, cgroup_driver: str = "cgroupfs", call_timeout: float = 10.0,
                  start_timeout: float = 30.0, log_level: str = "warning") -> None:

@@ -177,6 +177,13 @@ def mount_one(root_fd: int, m: MountPlan, cgroup_mounts: tuple[HostCgroupMount, 
 def _bind(root_fd: int, m: MountPlan, target: int) -> None:
     sc.mount(m.source, fd_path(target), None, m.flags & (sc.MS_BIND | sc.MS_REC))
     extra = m.flags & ~(sc.MS_BIND | sc.MS_REC)
+    if m.recursive_readonly:
+        # After the bind (so the sub-mounts it carried are there), before any remount: the whole tree read-only.
+        fd = open_in_root(root_fd, m.destination)
+        try:
+            sc.make_mount_tree_readonly(fd)
+        finally:
+            os.close(fd)
     if extra:
         # Bind mounts take their flags only on a remount. /proc/self/fd/<old handle> still names the
         # dentry under the new mount, so resolve the destination again (inside the root) to reach it.

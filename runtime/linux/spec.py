@@ -78,6 +78,7 @@ class MountPlan:
     propagation: tuple[int, ...]
     data: str
     bind: bool
+    recursive_readonly: bool = False   # "rro": the bind and every mount below it read-only
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,7 @@ def mount_plan(m: Any, i: int) -> MountPlan:
     options = [_str(o, f"{where}.options") for o in _list(m.get("options", []), f"{where}.options")]
     flags, propagation, data = 0, [], []
     bind = fstype == "bind"
+    rro = False
     for opt in options:
         if opt in ("bind", "rbind"):
             bind = True
@@ -244,7 +246,9 @@ def mount_plan(m: Any, i: int) -> MountPlan:
             continue
         elif opt in _PROPAGATION:
             propagation.append(_PROPAGATION[opt])
-        elif opt in ("rro", "rrw", "idmap", "ridmap"):
+        elif opt == "rro":
+            rro = True
+        elif opt in ("rrw", "idmap", "ridmap"):
             raise SpecError(f"{where}.options", f"option {opt!r} is not supported by this runtime", unsupported=True)
         else:
             data.append(opt)
@@ -256,10 +260,13 @@ def mount_plan(m: Any, i: int) -> MountPlan:
             raise SpecError(f"{where}.source", f"{source} does not exist on the host")
         if data:
             raise SpecError(f"{where}.options", f"unknown bind mount options {data}")
+    elif rro:
+        raise SpecError(f"{where}.options", "rro (recursive read-only) applies to bind mounts only")
     elif fstype not in KNOWN_FS:
         raise SpecError(f"{where}.type", f"unsupported filesystem type {fstype!r}", unsupported=True)
     return MountPlan(field=where, destination=dest, source=source, type="bind" if bind else fstype,
-                     flags=flags, propagation=tuple(propagation), data=",".join(data), bind=bind)
+                     flags=flags, propagation=tuple(propagation), data=",".join(data), bind=bind,
+                     recursive_readonly=rro)
 
 
 def _namespaces(raw: Any) -> dict[str, str]:

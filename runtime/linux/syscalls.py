@@ -18,6 +18,10 @@ _libc.syscall.restype = ctypes.c_long
 # x86_64 syscall numbers (identical on arm64 for the generic ones below via libc wrappers).
 _SYS_PIVOT_ROOT = 155
 _SYS_OPENAT2 = 437
+_SYS_MOUNT_SETATTR = 442
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
 _SYS_CLOSE_RANGE = 436
 
 MS_RDONLY = 0x1
@@ -116,6 +120,14 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     buf = ctypes.create_string_buffer(how, len(how))
     return _check(_libc.syscall(_SYS_OPENAT2, dirfd, _b(path), buf, ctypes.c_size_t(len(how))),
                   f"open {path}")
+
+
+def make_mount_tree_readonly(fd: int) -> None:
+    """mount_setattr(2) MOUNT_ATTR_RDONLY on the mount at `fd` and every mount below it (recursive read-only)."""
+    attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY, 0, 0, 0)   # struct mount_attr: set, clr, propagation, userns
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE), buf,
+                         ctypes.c_size_t(len(attr))), "mount_setattr(MOUNT_ATTR_RDONLY, AT_RECURSIVE)")
 
 
 def close_range(first: int, last: int) -> None:

@@ -161,14 +161,48 @@ def test_mounts_resolve_symlinks_create_missing_dirs_and_set_options(tmp_path: P
     (pb.Mount(container_path="rel", host_path="/tmp"), InvalidArgument, "container_path"),
     (pb.Mount(container_path="/a/../b", host_path="/tmp"), InvalidArgument, "container_path"),
     (pb.Mount(container_path="/a", host_path="tmp"), InvalidArgument, "host_path"),
-    (pb.Mount(container_path="/a", host_path="/tmp", recursive_read_only=True), InvalidArgument, "recursive"),
-    (pb.Mount(container_path="/a", image=pb.ImageSpec(image="img")), Unimplemented, "image volumes"),
+    (pb.Mount(container_path="/a", host_path="/tmp", recursive_read_only=True), InvalidArgument, "readonly: true"),
+    (pb.Mount(container_path="/a", host_path="/shared", readonly=True, recursive_read_only=True,
+              propagation=pb.PROPAGATION_BIDIRECTIONAL), InvalidArgument, "private propagation"),
+    (pb.Mount(container_path="/a", image=pb.ImageSpec(image="img")), Unimplemented, "not resolved"),
     (pb.Mount(container_path="/a", host_path="/tmp", uidMappings=[pb.IDMapping(length=1)]), InvalidArgument,
      "user namespaces"),
     (pb.Mount(container_path="/a", host_path="/tmp", mount_options=["suid"]), InvalidArgument, "mount_options")])
 def test_bad_mounts_are_rejected(mount: pb.Mount, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         cs.mounts(cfg(mounts=[mount]), MOUNTINFO)
+
+
+def test_image_volume_requests_are_validated() -> None:
+    ok = pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image="img", image_ref="sha256:ab"))
+    assert cs.image_volume_requests(cfg(mounts=[pb.Mount(container_path="/h", host_path="/tmp"), ok])) == \
+        {1: "sha256:ab"}
+    for bad, match in ((pb.Mount(container_path="/v", image=pb.ImageSpec(image="i")), "readonly"),
+                       (pb.Mount(container_path="/v", readonly=True, host_path="/x", image=pb.ImageSpec(image="i")),
+                        "either host_path or image"),
+                       (pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image="i"),
+                                 image_sub_path="/abs"), "image_sub_path")):
+        with pytest.raises(InvalidArgument, match=match):
+            cs.image_volume_requests(cfg(mounts=[bad]))
+
+
+def test_image_volume_mounts_bind_one_layer_and_overlay_several(tmp_path: Path) -> None:
+    low, high = tmp_path / "low", tmp_path / "high"
+    (low / "etc").mkdir(parents=True)
+    (high / "bin").mkdir(parents=True)
+    one = cs.ImageVolume("sha256:1", (str(low),))
+    two = cs.ImageVolume("sha256:2", (str(low), str(high)))
+    m = pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image="i"))
+    [bind] = cs.mounts(cfg(mounts=[m]), MOUNTINFO, {0: one})
+    assert (bind.destination, bind.source, bind.type, bind.options) == ("/v", str(low), "bind",
+                                                                        ("rbind", "rprivate", "ro", "nodev"))
+    [over] = cs.mounts(cfg(mounts=[m]), MOUNTINFO, {0: two})
+    assert over.type == "overlay" and over.options == ("ro", "nodev", f"lowerdir={high}:{low}")
+    sub = pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image="i"), image_sub_path="etc")
+    assert cs.mounts(cfg(mounts=[sub]), MOUNTINFO, {0: two})[0].source == str(low / "etc")   # only one layer has it
+    missing = pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image="i"), image_sub_path="nope")
+    with pytest.raises(InvalidArgument, match="nope"):
+        cs.mounts(cfg(mounts=[missing]), MOUNTINFO, {0: two})
 
 
 def test_duplicate_mount_destinations_are_rejected() -> None:

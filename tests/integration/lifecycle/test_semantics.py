@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from cri_shim.api import api_pb2 as pb
 from tests.harness.daemon import Daemon
-from tests.harness.lifecycle_env import (BUSYBOX, Cri, cgroups_of, container_config, pod_config, rpc_error,
+from tests.harness.lifecycle_env import (BUSYBOX, NGINX, Cri, cgroups_of, container_config, pod_config, rpc_error,
                                          wait_for)
 
 RUNNING, EXITED = pb.CONTAINER_RUNNING, pb.CONTAINER_EXITED
@@ -350,3 +351,94 @@ def test_start_phases_are_exported_as_prometheus_histograms(daemon: Daemon, cri:
         count = re.search(rf'cri_shim_lifecycle_phase_duration_seconds_count\{{phase="{phase}"\}} (\S+)', text)
         assert count is not None and float(count.group(1)) >= 1, phase
     assert re.search(r"phase shim_spawn took [0-9.]+ms", daemon.log_text())   # and logged at debug
+
+
+def test_image_volumes_are_read_only_executable_and_reported(daemon: Daemon, cri: Cri) -> None:
+    ref = cri.pull(BUSYBOX)
+    sid = cri.run_pod()
+    volume = pb.Mount(container_path="/mnt/image-volume", readonly=True,
+                      image=pb.ImageSpec(image=ref, user_specified_image=BUSYBOX))
+    etc_only = pb.Mount(container_path="/mnt/etc", readonly=True, image=pb.ImageSpec(image=BUSYBOX),
+                        image_sub_path="etc")
+    cid = cri.run(sid, container_config(command=["sleep", "1000"], mounts=[volume, etc_only]))
+    assert cri.exec_sync(cid, ["/mnt/image-volume/bin/ls", "/mnt/image-volume/bin/sh"]).exit_code == 0
+    r = cri.exec_sync(cid, ["touch", "/mnt/image-volume/x"])
+    assert r.exit_code != 0 and b"Read-only file system" in r.stderr
+    assert b"passwd" in cri.exec_sync(cid, ["ls", "/mnt/etc"]).stdout
+    assert cri.exec_sync(cid, ["ls", "/mnt/etc/bin"]).exit_code != 0   # only /etc of the image
+    mounts = cri.status(cid).status.mounts
+    assert [m.image.image_ref for m in mounts] == [ref, ref]
+    # While the container exists the image's snapshots stay, even if the image is removed; then they go.
+    cri.client.image.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)), timeout=30)
+    assert os.listdir(daemon.root / "snapshots")
+    assert cri.exec_sync(cid, ["/mnt/image-volume/bin/true"]).exit_code == 0
+    cri.remove(cid)
+    assert os.listdir(daemon.root / "snapshots") == []
+
+
+def test_bad_image_volumes_are_rejected(cri: Cri) -> None:
+    sid = cri.run_pod()
+    writable = pb.Mount(container_path="/v", readonly=False, image=pb.ImageSpec(image=BUSYBOX))
+    e = rpc_error(cri.create, sid, container_config("w", command=["true"], mounts=[writable]))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "readonly" in (e.details() or "")
+    missing = pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image=BUSYBOX),
+                       image_sub_path="no/such/dir")
+    e = rpc_error(cri.create, sid, container_config("m", command=["true"], mounts=[missing]))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "no/such/dir" in (e.details() or "")
+    escape = pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image=BUSYBOX), image_sub_path="../x")
+    assert rpc_error(cri.create, sid, container_config("e", command=["true"], mounts=[escape])).code() == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert cri.containers() == []
+
+
+def test_a_multi_layer_image_volume_shows_every_layer(daemon: Daemon, cri: Cri) -> None:
+    cri.pull(NGINX)   # the nginx look-alike has several layers: the volume is an overlay of them
+    sid = cri.run_pod()
+    volume = pb.Mount(container_path="/mnt/web", readonly=True, image=pb.ImageSpec(image=NGINX))
+    cid = cri.run(sid, container_config(command=["sleep", "1000"], mounts=[volume]))
+    r = cri.exec_sync(cid, ["sh", "-c", "test -x /mnt/web/bin/sh && test -f /mnt/web/docker-entrypoint.sh && "
+                                        "grep overlay /proc/mounts | grep -c /mnt/web"])
+    assert (r.exit_code, r.stdout) == (0, b"1\n"), r.stderr
+
+
+def test_recursive_read_only_covers_sub_mounts(daemon: Daemon, cri: Cri, tmp_path: Path) -> None:
+    assert json.loads(daemon.crictl("info").stdout)["runtimeHandlers"][0]["features"]["recursive_read_only_mounts"]
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "cst-lifecycle-rro", str(sub)], check=True)
+    try:
+        sid = cri.run_pod()
+        plain = pb.Mount(container_path="/plain", host_path=str(tmp_path), readonly=True)
+        rro = pb.Mount(container_path="/rro", host_path=str(tmp_path), readonly=True, recursive_read_only=True)
+        cid = cri.run(sid, container_config(command=["sleep", "1000"], mounts=[plain, rro]))
+        assert cri.exec_sync(cid, ["touch", "/plain/sub/ok"]).exit_code == 0   # ro is not recursive...
+        r = cri.exec_sync(cid, ["touch", "/rro/sub/no"])                       # ... rro is
+        assert r.exit_code != 0 and b"Read-only file system" in r.stderr
+        assert (sub / "ok").exists() and not (sub / "no").exists()
+        cri.remove_pod(sid)
+    finally:
+        subprocess.run(["umount", str(sub)], check=True)
+
+
+def test_pod_sandbox_metrics_report_the_containers_real_numbers(cri: Cri) -> None:
+    descriptors = cri.rt.ListMetricDescriptors(pb.ListMetricDescriptorsRequest(), timeout=10).descriptors
+    keys = {d.name: len(d.label_keys) for d in descriptors}
+    assert all(d.help and d.label_keys for d in descriptors) and "container_memory_working_set_bytes" in keys
+    sid = cri.run_pod()
+    limits = pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_shares=256)
+    cid = cri.run(sid, container_config(command=["sh", "-c", "sleep 1000 & sleep 1000 & wait"],
+                                        linux=pb.LinuxContainerConfig(resources=limits)))
+    assert wait_for(lambda: b"sleep" in cri.exec_sync(cid, ["ps"]).stdout)
+    pods = cri.rt.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest(), timeout=30).pod_metrics
+    [pod] = [p for p in pods if p.pod_sandbox_id == sid]
+    [ctr] = pod.container_metrics
+    values = {m.name: m.value.value for m in ctr.metrics if len(m.label_values) == 6}
+    assert ctr.container_id == cid
+    assert values["container_spec_memory_limit_bytes"] == 64 << 20
+    assert values["container_spec_cpu_shares"] == 256
+    assert values["container_processes"] == 3   # sh and its two sleeps
+    assert values["container_memory_usage_bytes"] > 0
+    assert all(len(m.label_values) == keys[m.name] for m in [*ctr.metrics, *pod.metrics])
+    received = {m.label_values[-1]: m.value.value for m in pod.metrics
+                if m.name == "container_network_receive_packets_total"}
+    assert set(received) == {"eth0"}   # the pod's interface (CNI), not the host's
