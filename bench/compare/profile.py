@@ -1,0 +1,43 @@
+"""How much of each workload a run does: the full benchmark (`make bench`) or the smoke mode (`make bench-smoke`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # (1) critest -benchmark, per round and runtime (rounds alternate the runtimes)
+    critest_rounds: int
+    critest_containers: int
+    critest_pods: int
+    critest_images: int
+    # (2) pod start: pods per runtime and network variant, split over rounds; warm-up pods are not counted
+    podstart_pods: int
+    podstart_rounds: int
+    podstart_warmup: int
+    # (3) density: pods running; the share of them replaced while lists are timed; list calls when quiet;
+    # seconds of the idle CPU window
+    density_sizes: tuple[int, ...]
+    churn_fraction: float
+    quiet_list_calls: int
+    idle_window: float
+    # (4) restart: done on the density pods of this size
+    restart_pods: int
+    # (5) pull: a 5-layer image of 5 x layer_mb MB, cold, per round and runtime
+    pull_layer_mb: int
+    pull_rounds: int
+
+
+FULL = Profile("full", critest_rounds=2, critest_containers=25, critest_pods=50, critest_images=10,
+               podstart_pods=200, podstart_rounds=4, podstart_warmup=5,
+               density_sizes=(110, 500), churn_fraction=0.2, quiet_list_calls=300, idle_window=10.0,
+               restart_pods=110, pull_layer_mb=40, pull_rounds=3)
+
+SMOKE = Profile("smoke", critest_rounds=1, critest_containers=2, critest_pods=2, critest_images=2,
+                podstart_pods=4, podstart_rounds=2, podstart_warmup=1,
+                density_sizes=(5,), churn_fraction=0.4, quiet_list_calls=20, idle_window=1.0,
+                restart_pods=5, pull_layer_mb=2, pull_rounds=1)
+
+PROFILES = {p.name: p for p in (FULL, SMOKE)}
