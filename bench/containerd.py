@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
+# CRI_SHIM_BENCH_CONTAINERD: another containerd binary (or a missing one, to see the harness report "could not run").
+CONTAINERD = os.environ.get("CRI_SHIM_BENCH_CONTAINERD") or shutil.which("containerd") or "/usr/bin/containerd"
 CNI_BIN_DIR = "/usr/lib/cni"
 
 CONFIG = """version = 2

@@ -14,6 +14,7 @@ run: <why>"); 1 when a workload failed on a runtime that was available, or somet
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -31,7 +32,7 @@ from tests.harness.lifecycle_env import BUSYBOX, Mirror, start_mirror
 
 from . import machine, w_critest, w_density, w_podstart, w_pull
 from .context import Context, describe_error
-from .profile import FULL, PROFILES, Profile
+from .profile import FULL, PROFILES, Profile, with_overrides
 from .stats import RUNTIMES, WorkloadResult, table
 from .targets import CGROUP_ROOT, Target, Unavailable, bench_cgroup_root, make_targets, remove_cgroup_tree
 
@@ -97,7 +98,7 @@ def write_results(profile: Profile, info: dict[str, Any], results: list[Workload
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS / f"{stamp}-{profile.name}.json"
-    doc = {"profile": profile.name, "machine": info, "workloads": [r.as_json() for r in results],
+    doc = {"profile": profile.name, "settings": dataclasses.asdict(profile), "machine": info, "workloads": [r.as_json() for r in results],
            "problems": problems, "left_behind": left}
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     latest = RESULTS / f"latest-{profile.name}.json"
@@ -111,9 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="a few iterations of each workload (make bench-smoke)")
     ap.add_argument("--only", default="critest,podstart,density,pull",
                     help="comma-separated workloads: critest, podstart, density (includes restart), pull")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change one setting of the profile (bench/compare/profile.py), e.g. density_sizes=110")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    profile = PROFILES["smoke"] if args.smoke else FULL
+    try:
+        profile = with_overrides(PROFILES["smoke"] if args.smoke else FULL, args.set)
+    except ValueError as e:
+        ap.error(str(e))
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in ("critest", "podstart", "density", "pull")]
     if unknown:

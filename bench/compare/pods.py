@@ -50,6 +50,9 @@ def pod_config(uid: str, cgroup_parent: str, log_dir: str, host_network: bool) -
                 "io.kubernetes.pod.uid": uid, "app": "bench"},
         annotations={"kubernetes.io/config.source": "api", "kubernetes.io/config.seen": "2026-01-01T00:00:00Z"})
     cfg.linux.cgroup_parent = cgroup_parent
+    # kubelet's default (no shareProcessNamespace): each container its own PID namespace. The proto's zero value
+    # would be POD, a shared one (cri-shim then runs an init process per pod).
+    cfg.linux.security_context.namespace_options.pid = pb.CONTAINER
     if host_network:
         cfg.linux.security_context.namespace_options.network = pb.NODE
         cfg.hostname = ""   # kubelet sends none for host-network pods (the node's name is used)
@@ -58,13 +61,16 @@ def pod_config(uid: str, cgroup_parent: str, log_dir: str, host_network: bool) -
 
 def container_config(pod: pb.PodSandboxConfig) -> pb.ContainerConfig:
     meta = pod.metadata
-    return pb.ContainerConfig(
+    cfg = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name="c", attempt=0), image=pb.ImageSpec(image=WORKLOAD),
         log_path="c/0.log",
         labels={"io.kubernetes.container.name": "c", "io.kubernetes.pod.name": meta.name,
                 "io.kubernetes.pod.namespace": meta.namespace, "io.kubernetes.pod.uid": meta.uid},
         annotations={"io.kubernetes.container.restartCount": "0",
                      "io.kubernetes.container.terminationMessagePath": "/dev/termination-log"})
+    # kubelet repeats the pod's namespace modes in each container's security context.
+    cfg.linux.security_context.namespace_options.CopyFrom(pod.linux.security_context.namespace_options)
+    return cfg
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -41,3 +42,25 @@ SMOKE = Profile("smoke", critest_rounds=1, critest_containers=2, critest_pods=2,
                 restart_pods=5, pull_layer_mb=2, pull_rounds=1)
 
 PROFILES = {p.name: p for p in (FULL, SMOKE)}
+
+
+def with_overrides(profile: Profile, settings: list[str]) -> Profile:
+    """`field=value` settings (e.g. `density_sizes=110,500`, `podstart_pods=50`) applied to `profile`."""
+    types = {f.name: f.type for f in dataclasses.fields(Profile)}
+    changes: dict[str, object] = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep or name not in types or name == "name":
+            raise ValueError(f"--set {setting!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(n for n in types if n != 'name')}")
+        kind = str(types[name])
+        try:
+            if kind.startswith("tuple"):
+                changes[name] = tuple(int(v) for v in value.split(","))
+            elif kind == "float":
+                changes[name] = float(value)
+            else:
+                changes[name] = int(value)
+        except ValueError:
+            raise ValueError(f"--set {setting!r}: {value!r} is not a {kind}") from None
+    return dataclasses.replace(profile, **changes)  # type: ignore[arg-type]

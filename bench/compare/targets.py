@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from bench.containerd import BRIDGE, Containerd
+from bench.containerd import CONTAINERD as CONTAINERD_BINARY
 from cri_shim.api import api_pb2 as pb
 from tests.harness.daemon import REPO, TMP_BASE, CriClient, Daemon, make_workdir, new_daemon
 from tests.harness.leaks import cgroup_tag
@@ -212,8 +213,8 @@ class ContainerdTarget(Target):
         return self.c.workdir
 
     def start(self) -> None:
-        if not shutil.which("containerd") or not shutil.which("runc"):
-            raise Unavailable("containerd or runc is not installed (Debian packages containerd, runc)")
+        if not os.access(CONTAINERD_BINARY, os.X_OK) or not shutil.which("runc"):
+            raise Unavailable(f"{CONTAINERD_BINARY} or runc is not installed (Debian packages containerd, runc)")
         self.ctd = Containerd(mirror=self.mirror, bridge=self.bridge, subnet=self.subnet, masquerade=False,
                               workdir=make_workdir("ctd"))
         try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.compare import procs, stats, w_critest
+from bench.compare import procs, profile, stats, w_critest
 from bench.compare.stats import CONTAINERD, SHIM, Dist, Figure, WorkloadResult
 
 
@@ -116,3 +116,19 @@ def test_runtime_processes_follow_markers_and_descendants_but_skip_workload_cgro
     assert me in procs.runtime_processes([me], [], set())
     assert me not in procs.runtime_processes([me], [], {procs.cgroup_leaf(me)})
     assert procs.runtime_processes([], ["/no/such/marker/dir/"], set()) == []
+
+
+def test_profile_overrides_change_only_the_named_fields_and_refuse_unknown_ones() -> None:
+    p = profile.with_overrides(profile.FULL, ["density_sizes=110", "idle_window=2.5", "podstart_pods=20"])
+    assert (p.density_sizes, p.idle_window, p.podstart_pods) == ((110,), 2.5, 20)
+    assert p.pull_rounds == profile.FULL.pull_rounds and p.name == "full"
+    for bad in ("nosuchfield=1", "podstart_pods", "podstart_pods=many", "name=x"):
+        with pytest.raises(ValueError, match="--set"):
+            profile.with_overrides(profile.FULL, [bad])
+
+
+def test_full_profile_fits_the_brief() -> None:
+    p = profile.FULL
+    assert p.podstart_pods == 200 and p.density_sizes == (110, 500) and p.restart_pods == 110
+    assert p.churn_fraction == 0.2 and p.pull_layer_mb * 5 == 200
+    assert p.restart_pods in p.density_sizes and profile.SMOKE.restart_pods in profile.SMOKE.density_sizes
