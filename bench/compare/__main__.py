@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import ipaddress
 import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -87,6 +89,38 @@ def tidy_foreign_cgroups(before: set[str]) -> list[str]:
     for name in sorted(names & set(FOREIGN_CGROUPS)):
         left += remove_cgroup_tree(f"/{name}")
     return left
+
+
+def own_netns(paths: list[str], subnets: list[str]) -> list[str]:
+    """The network namespaces among `paths` holding an address of one of `subnets` (this run's pods). Other
+    network namespaces that appeared meanwhile belong to whatever else runs on this machine."""
+    nets = [ipaddress.ip_network(s) for s in subnets]
+    mine = []
+    for path in paths:
+        out = subprocess.run(["ip", "-n", Path(path).name, "-4", "-o", "addr"], capture_output=True, text=True)
+        addrs = [ipaddress.ip_interface(w).ip for line in out.stdout.splitlines() for w in line.split()[3:4]]
+        if any(a in n for a in addrs for n in nets):
+            mine.append(path)
+    return mine
+
+
+def left_behind(before: leaks.Snapshot, targets: dict[str, Target], settle: float = 10.0) -> dict[str, list[str]]:
+    """What this run made and did not remove. Mounts, processes, cgroups and dirs are matched by the test base
+    dir (as in the test suite's leak check); host-wide links and netns only when they are recognisably ours
+    (our bridges; namespaces with an address of our subnets), since other suites may run at the same time."""
+    bridges = {t.bridge for t in targets.values()}
+    subnets = [t.subnet for t in targets.values()]
+    deadline = time.monotonic() + settle
+    while True:
+        diff = leaks.snapshot(TMP_BASE).new_since(before)
+        if "links" in diff:
+            diff["links"] = [link for link in diff["links"] if link in bridges]
+        if "netns" in diff:
+            diff["netns"] = own_netns(diff["netns"], subnets)
+        diff = {k: v for k, v in diff.items() if v}
+        if not diff or time.monotonic() > deadline:
+            return diff
+        time.sleep(0.25)
 
 
 def could_not_run(names: list[str], why: str) -> list[WorkloadResult]:
@@ -163,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
         remove_cgroup_tree(bench_cgroup_root())
         problems += [f"top-level cgroup left: {c}" for c in tidy_foreign_cgroups(cgroups_before)]
-    left = leaks.leaked(before, TMP_BASE)
+    left = left_behind(before, targets)
     elapsed = time.monotonic() - started
 
     print(f"# summary ({profile.name} run, {elapsed / 60:.1f} min): {machine.one_line(info)}")

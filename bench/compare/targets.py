@@ -125,6 +125,10 @@ class Target(ABC):
         left = remove_cgroup_tree(self.cgroup_base)
         if left:
             problems.append(f"cgroups still in use: {left[:5]}")
+        ports = Path(f"/sys/class/net/{self.bridge}/brif")
+        if ports.is_dir() and os.listdir(ports):
+            # A veth still on the bridge means a pod's network namespace still exists.
+            problems.append(f"bridge {self.bridge} still has ports: {sorted(os.listdir(ports))[:5]}")
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
         return problems
 
