@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if left:
         print(f"LEFT BEHIND: {left}")
     info["elapsed_s"] = elapsed
+    info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     path = write_results(profile, info, results, problems, left)
     print(f"# results: {path}")
     failed = [f"{r.key} on {rt}" for r in results for rt, s in r.status.items() if s.startswith("failed")]

@@ -63,8 +63,7 @@ def describe(critest: Path) -> dict[str, Any]:
             "runc": _run("runc", "--version"),
             "critest": _run(str(critest), "-version"),
             "crictl": _run("crictl", "--version"),
-            "cni plugins": _run("/usr/lib/cni/bridge", "--version") if Path("/usr/lib/cni/bridge").exists()
-            else "not installed",
+            "cni plugins": _run("dpkg-query", "-W", "-f", "${Version}", "containernetworking-plugins"),
         },
     }
 

@@ -42,6 +42,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def cpu_seconds_with_children(pid: int) -> float:
+    """CPU time of the process and of its children it has waited for (runc, CNI plugins, helpers)."""
+    stat = read(pid, "stat")
+    if not stat:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+
+
 def start_time(pid: int) -> int:
     """Start time in clock ticks since boot: with the pid, identifies one process (pids are reused)."""
     stat = read(pid, "stat")

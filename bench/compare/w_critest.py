@@ -75,8 +75,9 @@ def run_once(ctx: Context, target: Target, r: int, pooled: dict[str, list[float]
     work = ctx.work / f"critest-{target.name}-{r}"
     outdir = work / "out"
     outdir.mkdir(parents=True)
-    params = work / "params.yaml"
-    params.write_text(params_yaml(p.critest_containers, p.critest_pods, p.critest_images))
+    params = ctx.work / "critest-params.yaml"   # one file for both runtimes and every round
+    if not params.exists():
+        params.write_text(params_yaml(p.critest_containers, p.critest_pods, p.critest_images))
     report = work / "report.json"
     argv = [str(ctx.critest), "-benchmark", f"-runtime-endpoint={target.endpoint}",
             f"-image-endpoint={target.endpoint}", f"-benchmarking-params-file={params}",

@@ -72,6 +72,13 @@ def runtime_memory(target: Target, pods: list[Pod]) -> dict[str, Any]:
             "workload_processes_excluded": len(workload_procs)}
 
 
+def runtime_cpu(target: Target, pods: list[Pod]) -> float:
+    """CPU seconds of the runtime's live processes and the children they reaped (a shim's runc calls, the
+    daemon's CNI plugins); a process that started and exited unreaped in between is missed."""
+    members = procs.runtime_processes([target.daemon_pid()], target.markers(), {p.container_id for p in pods})
+    return sum(procs.cpu_seconds_with_children(pid) for pid in members)
+
+
 def cpu_during(pid: int, fn: Callable[[], None]) -> tuple[float, float]:
     """(daemon CPU seconds, wall seconds) spent while `fn` runs."""
     c0, t0 = procs.cpu_seconds(pid), time.perf_counter()
@@ -122,8 +129,10 @@ def measure_size(ctx: Context, target: Target, size: int, run: SizeRun,
         def start_all() -> None:
             for _ in range(size):
                 pods.append(maker.start()[0])
+        before = runtime_cpu(target, pods)
         cpu, wall = cpu_during(daemon, start_all)
-        run.numbers.update(start_all_s=wall, daemon_cpu_ms_per_start=cpu / size * 1000)
+        run.numbers.update(start_all_s=wall, daemon_cpu_ms_per_start=cpu / size * 1000,
+                           runtime_cpu_ms_per_start=(runtime_cpu(target, pods) - before) / size * 1000)
         time.sleep(SETTLE)
         run.memory = runtime_memory(target, pods)
         cpu, wall = cpu_during(daemon, lambda: time.sleep(ctx.profile.idle_window))
@@ -211,7 +220,11 @@ def summarise(ctx: Context, density: WorkloadResult, runs: dict[int, dict[str, S
             fig(f"{size} pods: runtime PSS per pod (daemon incl.)", "MiB", lambda s: s.memory.get("per_pod_mib")),
             fig(f"{size} pods: runtime PSS total", "MiB", lambda s: s.memory.get("total_mib")),
             fig(f"{size} pods: daemon PSS", "MiB", lambda s: s.memory.get("daemon_mib")),
+            fig(f"{size} pods: PSS per pod without the daemon", "MiB",
+                lambda s: s.memory.get("per_pod_without_daemon_mib")),
             fig(f"{size} pods: daemon CPU per pod start", "ms", lambda s: s.numbers.get("daemon_cpu_ms_per_start")),
+            fig(f"{size} pods: runtime CPU per pod start (all processes)", "ms",
+                lambda s: s.numbers.get("runtime_cpu_ms_per_start")),
             fig(f"{size} pods: daemon CPU idle", "% core", lambda s: s.numbers.get("idle_daemon_cpu_pct")),
             fig(f"{size} pods: daemon CPU during churn", "% core", lambda s: s.numbers.get("churn_daemon_cpu_pct")),
             fig(f"{size} pods: churn rate", "pods/s", lambda s: s.numbers.get("churn_pods_per_s")),
