@@ -8,6 +8,7 @@ for each size)."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from .context import Context, attempt
 from .pods import Pod, PodMaker, churn, pull
 from .stats import RUNTIMES, Dist, Figure, WorkloadResult
 from .targets import Target
+
+log = logging.getLogger("bench")
 
 LIST_INTERVAL = 0.01      # seconds between list calls while pods churn (kubelet lists ~1/s; this is 100/s)
 SETTLE = 2.0              # seconds after the last start before memory is read (shims finish their setup)
@@ -119,6 +122,7 @@ def check_all_running(client: CriClient, pods: list[Pod]) -> None:
 
 def measure_size(ctx: Context, target: Target, size: int, run: SizeRun,
                  after: Callable[[list[Pod]], None] | None) -> None:
+    log.info("density: %d pods on %s", size, target.name)
     client = target.client()
     maker = PodMaker(client, target.cgroup_base, ctx.work / "density-logs", host_network=True)
     pods: list[Pod] = []

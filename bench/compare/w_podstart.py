@@ -6,6 +6,7 @@ warm-up pods per runtime and variant are not counted. The same Python client dri
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,13 @@ from .pods import PodMaker, pull
 from .stats import RUNTIMES, Dist, WorkloadResult, latency_figures
 from .targets import Target
 
+log = logging.getLogger("bench")
+
 VARIANTS = (("host network", True), ("pod network", False))
 
 
 def run_batch(target: Target, log_root: Path, host_network: bool, pods: int, into: dict[str, list[float]]) -> None:
+    log.info("pod start: %d %s pods on %s", pods, "host-network" if host_network else "pod-network", target.name)
     client = target.client()
     try:
         maker = PodMaker(client, target.cgroup_base, log_root, host_network)
