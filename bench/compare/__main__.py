@@ -57,7 +57,7 @@ def run_workloads(ctx: Context, names: list[str]) -> list[WorkloadResult]:
         log.info("workload %s: starting", name)
         out = runners[name](ctx)
         for r in out if isinstance(out, list) else [out]:
-            r.raw["elapsed_s"] = time.monotonic() - started
+            r.elapsed_s = time.monotonic() - started
             print(table(r) + "\n", flush=True)
             results.append(r)
     return results

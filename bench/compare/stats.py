@@ -92,13 +92,15 @@ class WorkloadResult:
     status: dict[str, str] = field(default_factory=dict)     # runtime -> "ok" | "could not run: …" | "failed: …"
     notes: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
 
     @property
     def failed(self) -> bool:
         return any(s.startswith("failed") for s in self.status.values())
 
     def as_json(self) -> dict[str, Any]:
-        return {"key": self.key, "title": self.title, "status": self.status, "notes": self.notes,
+        return {"key": self.key, "title": self.title, "status": self.status, "elapsed_s": self.elapsed_s,
+                "notes": self.notes,
                 "figures": [f.as_json() for f in self.figures], "raw": self.raw}
 
 
