@@ -48,6 +48,12 @@ IMAGES = (BUSYBOX, *testimages.PAUSE, *w_critest.LISTING_IMAGES)
 FOREIGN_CGROUPS = ("test.slice", "k8s.io")
 
 
+def emit(text: str) -> None:
+    """The program's output (the tables), as opposed to its progress log on stderr."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def run_workloads(ctx: Context, names: list[str]) -> list[WorkloadResult]:
     runners: dict[str, Callable[[Context], WorkloadResult | list[WorkloadResult]]] = {
         "critest": w_critest.run, "podstart": w_podstart.run, "density": w_density.run, "pull": w_pull.run}
@@ -58,7 +64,7 @@ def run_workloads(ctx: Context, names: list[str]) -> list[WorkloadResult]:
         out = runners[name](ctx)
         for r in out if isinstance(out, list) else [out]:
             r.elapsed_s = time.monotonic() - started
-            print(table(r) + "\n", flush=True)
+            emit(table(r) + "\n")
             results.append(r)
     return results
 
@@ -160,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--only: unknown workload(s) {unknown}")
 
     info = machine.describe(CRITEST)
-    print(f"# cri-shim vs containerd, {profile.name} run: {machine.one_line(info)}", flush=True)
+    emit(f"# cri-shim vs containerd, {profile.name} run: {machine.one_line(info)}")
     if os.geteuid() != 0:
         skipped = could_not_run(names, "needs root (namespaces, cgroups, mounts)")
         for r in skipped:
-            print(table(r) + "\n")
+            emit(table(r) + "\n")
         write_results(profile, info, skipped, [], {})
         return 0
 
@@ -200,20 +206,20 @@ def main(argv: list[str] | None = None) -> int:
     left = left_behind(before, targets)
     elapsed = time.monotonic() - started
 
-    print(f"# summary ({profile.name} run, {elapsed / 60:.1f} min): {machine.one_line(info)}")
+    emit(f"# summary ({profile.name} run, {elapsed / 60:.1f} min): {machine.one_line(info)}")
     for r in results:
-        print(table(r) + "\n")
+        emit(table(r) + "\n")
     for p in problems:
-        print(f"PROBLEM: {p}")
+        emit(f"PROBLEM: {p}")
     if left:
-        print(f"LEFT BEHIND: {left}")
+        emit(f"LEFT BEHIND: {left}")
     info["elapsed_s"] = elapsed
     info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     path = write_results(profile, info, results, problems, left)
-    print(f"# results: {path}")
+    emit(f"# results: {path}")
     failed = [f"{r.key} on {rt}" for r in results for rt, s in r.status.items() if s.startswith("failed")]
     if failed:
-        print(f"# FAILED: {', '.join(failed)}")
+        emit(f"# FAILED: {', '.join(failed)}")
     return 1 if failed or problems or left else 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ SMOKE = Profile("smoke", critest_rounds=1, critest_containers=2, critest_pods=2,
                 density_sizes=(5,), churn_fraction=0.4, quiet_list_calls=20, idle_window=1.0,
                 restart_pods=5, pull_layer_mb=2, pull_rounds=1)
 
-PROFILES = {p.name: p for p in (FULL, SMOKE)}
+PROFILES = MappingProxyType({p.name: p for p in (FULL, SMOKE)})
 
 
 def with_overrides(profile: Profile, settings: list[str]) -> Profile:

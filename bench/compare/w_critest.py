@@ -21,8 +21,8 @@ PULL_IMAGE = "gcr.io/k8s-staging-cri-tools/test-image-1:latest"
 LISTING_IMAGES = ("gcr.io/k8s-staging-cri-tools/test-image-1:latest",
                   "gcr.io/k8s-staging-cri-tools/test-image-2:latest",
                   "gcr.io/k8s-staging-cri-tools/test-image-3:latest")
-OUTPUT_FILES = {"container_benchmark_data.json": "container", "pod_benchmark_data.json": "pod",
-                "image_lifecycle_benchmark_data.json": "image", "image_listing_benchmark_data.json": "listing"}
+OUTPUT_FILES = (("container_benchmark_data.json", "container"), ("pod_benchmark_data.json", "pod"),
+                ("image_lifecycle_benchmark_data.json", "image"), ("image_listing_benchmark_data.json", "listing"))
 SCRATCH_SPEC = "start-container-benchmark"   # the report entry of "start a container from scratch"
 
 
@@ -39,7 +39,7 @@ def params_yaml(containers: int, pods: int, images: int) -> str:
 def parse_output(outdir: Path) -> dict[str, list[float]]:
     """`<set>/<operation>` → durations in seconds, from critest's LifecycleBenchmarksResultsSet files."""
     out: dict[str, list[float]] = {}
-    for filename, group in OUTPUT_FILES.items():
+    for filename, group in OUTPUT_FILES:
         path = outdir / filename
         if not path.exists():
             continue

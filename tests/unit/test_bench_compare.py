@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.compare import procs, profile, stats, w_critest
+from bench.compare import context, procs, profile, stats, w_critest
 from bench.compare.stats import CONTAINERD, SHIM, Dist, Figure, WorkloadResult
+from bench.compare.targets import Unavailable
 
 
 def test_percentile_is_nearest_rank_and_never_interpolates() -> None:
@@ -132,3 +134,53 @@ def test_full_profile_fits_the_brief() -> None:
     assert p.podstart_pods == 200 and p.density_sizes == (110, 500) and p.restart_pods == 110
     assert p.churn_fraction == 0.2 and p.pull_layer_mb * 5 == 200
     assert p.restart_pods in p.density_sizes and profile.SMOKE.restart_pods in profile.SMOKE.density_sizes
+
+
+class _Target:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _ctx(available: dict[str, str]) -> context.Context:
+    targets: dict[str, Any] = {r: _Target(r) for r in stats.RUNTIMES}
+    return context.Context(targets, profile.SMOKE, Path("/nonexistent"), "127.0.0.1:1", Path("/nonexistent"),
+                           available)
+
+
+def test_rounds_alternate_the_runtimes_a_b_a_b() -> None:
+    ctx = _ctx({SHIM: "ok", CONTAINERD: "ok"})
+    result = ctx.new_result("w", "w")
+    order: list[tuple[str, int]] = []
+    context.interleave(ctx, result, 2, lambda t, r: order.append((t.name, r)))
+    assert order == [(SHIM, 0), (CONTAINERD, 0), (SHIM, 1), (CONTAINERD, 1)]
+    assert result.status == {SHIM: "ok", CONTAINERD: "ok"}
+
+
+def test_a_failure_is_that_runtimes_status_and_ends_its_rounds_only() -> None:
+    ctx = _ctx({SHIM: "ok", CONTAINERD: "ok"})
+    result = ctx.new_result("w", "w")
+    seen: list[tuple[str, int]] = []
+
+    def step(t: Any, r: int) -> None:
+        seen.append((t.name, r))
+        if t.name == CONTAINERD:
+            raise RuntimeError("boom")
+    context.interleave(ctx, result, 3, step)
+    assert seen == [(SHIM, 0), (CONTAINERD, 0), (SHIM, 1), (SHIM, 2)]
+    assert result.status[CONTAINERD] == "failed: RuntimeError: boom" and result.failed
+    assert result.status[SHIM] == "ok"
+
+
+def test_unavailable_is_could_not_run_and_a_runtime_that_did_not_start_is_skipped() -> None:
+    ctx = _ctx({SHIM: "ok", CONTAINERD: "could not run: containerd is not installed"})
+    result = ctx.new_result("w", "w")
+    seen: list[str] = []
+
+    def step(t: Any, r: int) -> None:
+        seen.append(t.name)
+        raise Unavailable("critest is missing")
+    context.interleave(ctx, result, 2, step)
+    assert seen == [SHIM]
+    assert result.status == {SHIM: "could not run: critest is missing",
+                             CONTAINERD: "could not run: containerd is not installed"}
+    assert not result.failed
