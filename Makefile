@@ -7,6 +7,10 @@ BIN := $(CURDIR)/bin
 GOBIN_DIR ?= /usr/local/bin
 CRI_TOOLS_VERSION := v1.37.0
 CRI_API_VERSION := v0.37.2
+# The newest Kubernetes release whose kubelet still starts on a cgroup v1 host (with failCgroupV1: false).
+KUBELET_VERSION := v1.37.2
+KUBELET_CACHE ?= /var/cache/cri-shim-tests
+KUBELET := $(KUBELET_CACHE)/kubelet-$(KUBELET_VERSION)
 export CGO_ENABLED := 0
 export GOFLAGS := -trimpath
 
@@ -51,7 +55,12 @@ deps:
 	fi
 
 # crictl goes on PATH; critest is a `go test -c` binary built from the module cache (see tests/conformance).
-tools: $(GOBIN_DIR)/crictl $(BIN)/critest $(BIN)/streaming-client
+tools: $(GOBIN_DIR)/crictl $(BIN)/critest $(BIN)/streaming-client kubelet
+
+# kubelet for tests/e2e, built from the Go module proxy once per version (about 5 min on 2 cores), then cached.
+.PHONY: kubelet
+kubelet:
+	nice -n 10 tests/e2e/build-kubelet.sh $(KUBELET_VERSION) $(KUBELET)
 
 $(GOBIN_DIR)/crictl:
 	GOBIN=$(GOBIN_DIR) go install -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRI_TOOLS_VERSION:v%=%)" \
@@ -70,8 +79,18 @@ typecheck: venv stubs
 unit: venv stubs
 	$(PY) -m pytest tests/unit -q
 
+# The Windows runtime on Linux: fakes of the Windows DLLs, mingw-w64 headers for the ABI check (README).
+.PHONY: windows-test
+windows-test: venv stubs
+	$(PY) -m pytest tests/windows -q
+
 integration: venv stubs tools
 	$(PY) -m pytest tests/integration -q
+
+# kubelet $(KUBELET_VERSION) in standalone mode against a real cri-shim (static pods; about 70 s once kubelet is built).
+.PHONY: e2e
+e2e: venv stubs kubelet $(GOBIN_DIR)/crictl
+	$(PY) -m pytest tests/e2e -q
 
 conformance: venv stubs tools
 	$(PY) -m tests.conformance.run --critest $(BIN)/critest --update
@@ -114,3 +133,20 @@ bench-streaming: venv stubs $(BIN)/streaming-client
 .PHONY: bench-runtime
 bench-runtime: venv stubs
 	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cri-shim-bench} $(PY) -m bench.runtime
+
+# Install cri-shim as a systemd service: a venv in $(PREFIX), the unit, tmpfiles, and /etc/cri-shim/config.toml
+# and /etc/crictl.yaml when absent (an existing config is never overwritten). Then:
+#   systemctl daemon-reload && systemctl enable --now cri-shim
+# DESTDIR stages the files elsewhere (tests use it); the venv's scripts still name $(PREFIX).
+PREFIX ?= /opt/cri-shim
+.PHONY: install
+install: stubs
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
+	$(DESTDIR)$(PREFIX)/bin/pip install --quiet --upgrade pip
+	$(DESTDIR)$(PREFIX)/bin/pip install --quiet .
+	install -d $(DESTDIR)/etc/systemd/system
+	sed 's|/opt/cri-shim/|$(PREFIX)/|g' deploy/systemd/cri-shim.service > $(DESTDIR)/etc/systemd/system/cri-shim.service
+	install -D -m 0644 deploy/systemd/cri-shim.tmpfiles.conf $(DESTDIR)/usr/lib/tmpfiles.d/cri-shim.conf
+	test -e $(DESTDIR)/etc/cri-shim/config.toml || install -D -m 0644 deploy/config.toml $(DESTDIR)/etc/cri-shim/config.toml
+	test -e $(DESTDIR)/etc/crictl.yaml || install -D -m 0644 deploy/crictl.yaml $(DESTDIR)/etc/crictl.yaml
+	@echo "installed; now: systemctl daemon-reload && systemctl enable --now cri-shim"

@@ -120,6 +120,25 @@ class LifecycleConfig:
 
 
 @dataclass(frozen=True)
+class WindowsConfig:
+    state_dir: str = _doc("Windows nodes only: the Windows runtime's pod records and utility VM disks.",
+                          "C:\\ProgramData\\cri-shim\\windows")
+    owner: str = _doc("HCS Owner of every compute system this daemon creates. At start, systems with this owner "
+                      "that no pod record names are terminated; use a distinct owner per daemon on one node.",
+                      "cri-shim")
+    grpc_port: int = _doc("Windows nodes only: the daemon serves gRPC on tcp://127.0.0.1:<grpc_port> (grpcio cannot "
+                          "serve named pipes). Any local user can reach this port.", 10270)
+    pipe: str = _doc("Windows nodes only: named pipe relayed to grpc_port, for kubelet "
+                     "--container-runtime-endpoint=npipe://./pipe/cri-shim. \"\" = no relay (kubelet then uses "
+                     "tcp://127.0.0.1:<grpc_port>).", "\\\\.\\pipe\\cri-shim")
+    uvm_processor_count: int = _doc("Hyper-V handler (runhcs-wcow-hypervisor): virtual processors of each pod's "
+                                    "utility VM.", 2)
+    uvm_memory_mb: int = _doc("Hyper-V handler: memory of each pod's utility VM, in MiB.", 1024)
+    operation_timeout: float = _doc("Seconds an HCS create/start may take before it is cancelled (hcsshim: 240).",
+                                    240.0)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -128,6 +147,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    windows: WindowsConfig = field(default_factory=WindowsConfig)
 
     @property
     def socket_path(self) -> Path:
@@ -229,6 +249,7 @@ def _validate(config: Config, source: str) -> None:
     _validate_network(config.network, source)
     _validate_images(config, source)
     _validate_lifecycle(config.lifecycle, source)
+    _validate_windows(config.windows, source)
     if config.runtime.cgroup_driver not in CGROUP_DRIVERS:
         raise ConfigError(f"{source}: runtime.cgroup_driver: must be one of {', '.join(CGROUP_DRIVERS)}, "
                           f"got {config.runtime.cgroup_driver!r}")
@@ -320,6 +341,28 @@ def _validate_images(config: Config, source: str) -> None:
             reference.parse_lookup(name)
         except InvalidArgument as e:
             raise ConfigError(f"{source}: images.pinned_images: {e.message}") from None
+
+
+_WINDOWS_ABS = re.compile(r"^([A-Za-z]:\\|/)")
+PIPE_PREFIX = "\\\\.\\pipe\\"
+_HCS_OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _validate_windows(w: WindowsConfig, source: str) -> None:
+    if not _WINDOWS_ABS.match(w.state_dir):
+        raise ConfigError(f"{source}: windows.state_dir: must be an absolute path (C:\\...), got {w.state_dir!r}")
+    if not _HCS_OWNER.match(w.owner):
+        raise ConfigError(f"{source}: windows.owner: {w.owner!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    if not 1 <= w.grpc_port <= 65535:
+        raise ConfigError(f"{source}: windows.grpc_port: must be 1-65535, got {w.grpc_port}")
+    if w.pipe and (not w.pipe.lower().startswith(PIPE_PREFIX) or len(w.pipe) == len(PIPE_PREFIX)):
+        raise ConfigError(f"{source}: windows.pipe: must be \"\" or \\\\.\\pipe\\<name>, got {w.pipe!r}")
+    if w.uvm_processor_count < 1:
+        raise ConfigError(f"{source}: windows.uvm_processor_count: must be >= 1, got {w.uvm_processor_count}")
+    if w.uvm_memory_mb < 256:
+        raise ConfigError(f"{source}: windows.uvm_memory_mb: must be >= 256, got {w.uvm_memory_mb}")
+    if w.operation_timeout <= 0:
+        raise ConfigError(f"{source}: windows.operation_timeout: must be > 0 seconds, got {w.operation_timeout}")
 
 
 def _validate_lifecycle(lc: LifecycleConfig, source: str) -> None:

@@ -25,7 +25,9 @@ def to_status(c: Container) -> pb.ContainerStatus:
     status = pb.ContainerStatus(
         id=c.id, metadata=cfg.metadata, state=CRI_STATE[c.state], created_at=c.created_at,
         started_at=c.started_at, finished_at=c.finished_at, exit_code=c.exit_code,
-        image=pb.ImageSpec(image=c.image_name, annotations=cfg.image.annotations,
+        # kubelet creates containers from the image id and shows status.image as the pod's image name
+        # (`kubectl get pod`); like CRI-O, answer the name the user asked for when kubelet sent it.
+        image=pb.ImageSpec(image=cfg.image.user_specified_image or c.image_name, annotations=cfg.image.annotations,
                            user_specified_image=cfg.image.user_specified_image),
         image_ref=c.image_ref, image_id=c.image_id, reason=c.reason, message=c.message,
         labels=cfg.labels, annotations=cfg.annotations, mounts=cfg.mounts, log_path=c.log_path,

@@ -59,11 +59,21 @@ def hosts_file() -> str:
         return DEFAULT_HOSTS
 
 
+def pod_hosts_file(ips: tuple[str, ...], hostname: str) -> str:
+    """A pod network's /etc/hosts: localhost, then the pod's own addresses under its hostname."""
+    return DEFAULT_HOSTS + "".join(f"{ip}\t{hostname}\n" for ip in ips)
+
+
+def write_file(directory: Path, name: str, text: str) -> None:
+    tmp = directory / f".{name}.tmp"
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, directory / name)  # containers bind-mount the file: replace it whole, never half-written
+
+
 def write_sandbox_files(directory: Path, config: pb.PodSandboxConfig, hostname: str) -> None:
+    """hostname, resolv.conf, and hosts (the host's for now; a pod network rewrites it once its IPs are known)."""
     directory.mkdir(mode=0o711, parents=True, exist_ok=True)
     for name, text in (("hostname", hostname + "\n"), ("hosts", hosts_file()),
                        ("resolv.conf", resolv_conf(config.dns_config))):
-        tmp = directory / f".{name}.tmp"
-        tmp.write_text(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / name)
+        write_file(directory, name, text)

@@ -144,6 +144,7 @@ async def _create(state: RuntimeState, config: pb.PodSandboxConfig, handler: str
                           lambda: state.network.teardown(sid, str(netns_path), config))
                 ips = await state.network.setup(sid, str(netns_path), config)
             sb = sb.with_(ips=ips, network_ready=True)
+            sandbox_files.write_file(Path(sb.sandbox_dir), "hosts", sandbox_files.pod_hosts_file(ips, hostname))
             state.sandboxes.put(sb)   # so a crash from here on tears the network down at recovery
             await fp.hit("sandbox_run.after_network")
 

@@ -199,6 +199,9 @@ def test_pod_hostname_dns_and_sysctls(cri: Cri) -> None:
     resolv = cri.exec_sync(cid, ["cat", "/etc/resolv.conf"]).stdout.decode()
     assert "nameserver 10.10.10.10" in resolv and "search google.com" in resolv and "options ndots:8" in resolv
     assert cri.exec_sync(cid, ["cat", "/proc/sys/kernel/shm_rmid_forced"]).stdout == b"1\n"
+    ip = cri.pod_status(sid).status.network.ip
+    hosts = cri.exec_sync(cid, ["cat", "/etc/hosts"]).stdout.decode()
+    assert ip and f"{ip}\ttest-hostname" in hosts and "127.0.0.1\tlocalhost" in hosts
 
 
 def test_host_network_pod_sees_the_host_interfaces(cri: Cri) -> None:

@@ -1,0 +1,1 @@
+"""Fakes of the Windows native APIs for tests on Linux (the real DLLs cannot run there)."""
