@@ -107,6 +107,16 @@ conformance-check: venv stubs tools
 test: deps venv stubs tools typecheck
 	$(PY) -m pytest tests -q
 	$(MAKE) conformance-check
+	$(MAKE) bench-smoke
+
+# cri-shim against a private containerd + runc (Debian's) on the same machine, workloads interleaved A B A B:
+# critest -benchmark, pod start, density, restart, cold pull. Tables on stdout, JSON in bench/results/ (< 30 min).
+bench: venv stubs tools
+	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cri-shim-bench} $(PY) -m bench.compare
+
+# The same harness with a few iterations of each workload (part of `make test`, so the harness never rots).
+bench-smoke: venv stubs tools
+	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cri-shim-bench} $(PY) -m bench.compare --smoke
 
 # Cold pull of a 5-layer ~200 MB image from a loopback registry, next to skopeo (prints a ratio).
 bench-pull: venv stubs

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
+# CRI_SHIM_BENCH_CONTAINERD: another containerd binary (or a missing one, to see the harness report "could not run").
+CONTAINERD = os.environ.get("CRI_SHIM_BENCH_CONTAINERD") or shutil.which("containerd") or "/usr/bin/containerd"
 CNI_BIN_DIR = "/usr/lib/cni"
 
 CONFIG = """version = 2
@@ -50,11 +51,13 @@ state = "{state}"
     config_path = "{certs}"
 """
 
-BRIDGE = """{{"cniVersion": "0.4.0", "name": "bench-containerd", "plugins": [
-  {{"type": "bridge", "bridge": "cbench0", "isGateway": true, "ipMasq": true,
-    "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{subnet}"}}]], "routes": [{{"dst": "0.0.0.0/0"}}]}}}},
+BRIDGE = """{{"cniVersion": "0.4.0", "name": "{name}", "plugins": [
+  {{"type": "bridge", "bridge": "{bridge}", "isGateway": true, "ipMasq": {masquerade},
+    "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{subnet}"}}]], "routes": [{{"dst": "0.0.0.0/0"}}],
+              "dataDir": "{ipam_dir}"}}}},
   {{"type": "portmap", "capabilities": {{"portMappings": true}}}}]}}
 """
+
 
 HOSTS_TOML = """server = "https://{host}"
 [host."{mirror}"]
@@ -69,6 +72,8 @@ class Containerd:
     mirrored_hosts: tuple[str, ...] = ("registry.k8s.io", "gcr.io", "k8s.gcr.io", "docker.io")
     sandbox_image: str = "registry.k8s.io/pause:3.9"
     subnet: str = "10.222.0.0/16"
+    bridge: str = "cbench0"                   # the CNI bridge: `stop()` deletes it
+    masquerade: bool = True                   # ipMasq of the CNI bridge (iptables rules per pod)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-containerd-")))
     proc: subprocess.Popen[bytes] | None = None
 
@@ -87,7 +92,10 @@ class Containerd:
             (certs / host / "hosts.toml").write_text(HOSTS_TOML.format(host=host, mirror=self.mirror))
         cni = self.workdir / "cni"
         cni.mkdir(exist_ok=True)
-        (cni / "10-bench.conflist").write_text(BRIDGE.format(subnet=self.subnet))
+        # IPAM state in the work dir (not /var/lib/cni), so a crash leaves nothing outside it.
+        (cni / "10-bench.conflist").write_text(BRIDGE.format(
+            name=f"bench-{self.bridge}", bridge=self.bridge, subnet=self.subnet,
+            masquerade="true" if self.masquerade else "false", ipam_dir=self.workdir / "ipam"))
         config = self.workdir / "config.toml"
         config.write_text(CONFIG.format(root=self.workdir / "root", state=self.workdir / "state",
                                         socket=self.socket, sandbox_image=self.sandbox_image,
@@ -95,19 +103,36 @@ class Containerd:
         return config
 
     def start(self, timeout: float = 30) -> Containerd:
-        config = self._write_config()
-        log = open(self.workdir / "containerd.log", "wb")
-        self.proc = subprocess.Popen([CONTAINERD, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self._write_config()
+        self.spawn()
+        self.wait_socket(timeout)
+        return self
+
+    def spawn(self) -> None:
+        """Exec containerd (the config must be written); returns at once."""
+        log = open(self.workdir / "containerd.log", "ab")
+        self.proc = subprocess.Popen([CONTAINERD, "--config", str(self.workdir / "config.toml")], stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
+
+    def wait_socket(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"containerd exited: {(self.workdir / 'containerd.log').read_text()[-2000:]}")
             if self.socket.exists():
-                return self
+                return
             time.sleep(0.05)
         raise RuntimeError("containerd did not create its socket in time")
+
+    def kill9(self) -> None:
+        """SIGKILL containerd alone (its shims and containers keep running) and remove its socket, so that a
+        socket seen after `spawn()` is the new process's."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.socket.unlink(missing_ok=True)
 
     def stop(self) -> None:
         """Remove every pod through CRI, stop containerd and its shims, unmount and delete everything."""
@@ -124,6 +149,8 @@ class Containerd:
                 self.proc.wait()
         self._kill_leftover_shims()
         self._unmount_all()
+        # The CNI bridge plugin never deletes its bridge.
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _kill_leftover_shims(self) -> None:

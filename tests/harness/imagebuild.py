@@ -119,8 +119,10 @@ def symlink(path: str, target: str, uid: int = 0, gid: int = 0, mtime: float = D
     return Entry(path, Kind.SYMLINK, link=target, uid=uid, gid=gid, mtime=mtime)
 
 
-def hardlink(path: str, target: str) -> Entry:
-    return Entry(path, Kind.HARDLINK, link=target)
+def hardlink(path: str, target: str, mode: int | None = None) -> Entry:
+    # containerd and Docker chmod the linked inode to the link header's mode, so a link to an executable must
+    # carry the executable's mode (GNU tar writes the file's mode in link headers).
+    return Entry(path, Kind.HARDLINK, link=target, mode=mode)
 
 
 def chardev(path: str, major: int, minor: int, mode: int = 0o666, uid: int = 0, gid: int = 0) -> Entry:

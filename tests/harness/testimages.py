@@ -287,7 +287,7 @@ def base_entries(inp: Inputs) -> list[ib.Entry]:
     """The busybox root filesystem every busybox-derived image starts from."""
     entries = [
         ib.file("bin/busybox", inp.busybox, mode=0o755),
-        *(ib.hardlink(f"bin/{a}", "bin/busybox") for a in inp.applets),
+        *(ib.hardlink(f"bin/{a}", "bin/busybox", mode=0o755) for a in inp.applets),
         ib.file("bin/ipcs", IPCS.encode(), mode=0o755),
         ib.file("bin/pgrep", PGREP.encode(), mode=0o755),
         *(ib.file(path.lstrip("/"), data, mode=0o755) for path, data in inp.libs),

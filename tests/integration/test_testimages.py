@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,6 +121,16 @@ def test_busybox_has_the_applets_users_and_execs_masked_ls(images: dict[str, ti.
         assert masked.stderr == "/bin/sh: ls: Permission denied\n" and masked.returncode == 127
         readonly = run(r, 'mount -o bind,ro "$R/tmp" "$R/tmp"; chroot "$R" touch /tmp/x')
         assert "Read-only file system" in readonly.stderr
+
+
+def test_busybox_applet_links_carry_the_executable_mode(images: dict[str, ti.TestImage]) -> None:
+    """containerd and Docker chmod a hard link's inode to the link header's mode: with 0644 headers, busybox
+    (and so every applet) would not be executable under containerd ("top": not found in $PATH)."""
+    blob = images[ti.BUSYBOX].image().layer_blobs(ti.AMD64)[0]
+    with tarfile.open(fileobj=io.BytesIO(ib.decompress(blob.data, blob.media_type))) as tar:
+        links = [m for m in tar.getmembers() if m.islnk() and m.linkname == "bin/busybox"]
+    assert len(links) > 100
+    assert {m.mode for m in links} == {0o755}
 
 
 def test_busybox_pgrep_and_ipcs_scripts(images: dict[str, ti.TestImage], workdir: Path) -> None:

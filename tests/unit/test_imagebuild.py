@@ -139,3 +139,8 @@ def test_layout_round_trips(tmp_path: Path) -> None:
         assert ib.sha256_digest((tmp_path / "blobs/sha256" / d.split(":")[1]).read_bytes()) == d == blob.digest
     with pytest.raises(KeyError):
         ib.read_layout(tmp_path, "nope")
+
+
+def test_hardlink_header_mode_defaults_to_0644_and_can_be_given() -> None:
+    assert ib.hardlink("bin/ls", "bin/busybox").tarinfo().mode == 0o644
+    assert ib.hardlink("bin/ls", "bin/busybox", mode=0o755).tarinfo().mode == 0o755
