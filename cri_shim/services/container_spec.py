@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -335,16 +335,15 @@ def _image_volume_mount(m: pb.Mount, volume: ImageVolume, dest: str, where: str)
 
 
 def mounts(config: pb.ContainerConfig, mountinfo: str | None = None,
-           image_volumes: Mapping[int, ImageVolume] | None = None) -> tuple[oci.Mount, ...]:
+           image_volumes: Mapping[int, ImageVolume] | None = None,
+           pod_mappings: tuple[list[dict[str, int]], list[dict[str, int]]] = ([], [])) -> tuple[oci.Mount, ...]:
     out = []
     seen: set[str] = set()
     for i, m in enumerate(config.mounts):
         where = f"config.mounts[{i}]"
         if is_image_volume(m) and (image_volumes is None or i not in image_volumes):
             raise Unimplemented(f"{where}.image: the image volume was not resolved")
-        if m.uidMappings or m.gidMappings:
-            raise InvalidArgument(f"{where}: id-mapped mounts need user namespaces, which this runtime does not "
-                                  "support")
+        idmap = _mount_idmap(m, where, pod_mappings)
         if m.recursive_read_only and not m.readonly:
             raise InvalidArgument(f"{where}.recursive_read_only: needs readonly: true")
         if m.recursive_read_only and m.propagation != pb.PROPAGATION_PRIVATE:
@@ -367,6 +366,9 @@ def mounts(config: pb.ContainerConfig, mountinfo: str | None = None,
         options = ["rbind", _PROPAGATION_OPTION[m.propagation], "ro" if m.readonly else "rw"]
         if m.recursive_read_only:
             options.append("rro")
+        if idmap:
+            options[0] = "bind"     # idmapped binds are not recursive (every sub-mount would need idmap support)
+            options.append("idmap")
         for opt in m.mount_options:
             if opt not in _ALLOWED_MOUNT_OPTIONS:
                 raise InvalidArgument(f"{where}.mount_options: {opt!r} is not supported "
@@ -374,6 +376,25 @@ def mounts(config: pb.ContainerConfig, mountinfo: str | None = None,
             options.append(opt)
         out.append(oci.Mount(dest, source, "bind", tuple(options)))
     return tuple(out)
+
+
+def _mount_idmap(m: pb.Mount, where: str,
+                 pod_mappings: tuple[list[dict[str, int]], list[dict[str, int]]]) -> bool:
+    """Mount.uidMappings/gidMappings: an idmapped bind. Only the pod's own mapping is possible (the mount is
+    idmapped with the pod's user namespace), so the ranges must be exactly the pod's, both given."""
+    if not m.uidMappings and not m.gidMappings:
+        return False
+    if not pod_mappings[0]:
+        raise InvalidArgument(f"{where}.uidMappings: id-mapped mounts need a pod with a user namespace "
+                              "(namespace_options.userns_options mode POD)")
+    given = ([{"containerID": x.container_id, "hostID": x.host_id, "size": x.length} for x in m.uidMappings],
+             [{"containerID": x.container_id, "hostID": x.host_id, "size": x.length} for x in m.gidMappings])
+    if given != pod_mappings:
+        raise InvalidArgument(f"{where}.uidMappings: only the pod's own user namespace mappings are supported "
+                              "for an id-mapped mount")
+    if m.recursive_read_only:
+        raise InvalidArgument(f"{where}: recursive_read_only cannot be combined with an id-mapped mount")
+    return True
 
 
 def devices(config: pb.ContainerConfig) -> tuple[tuple[oci.Device, ...], list[dict[str, Any]]]:
@@ -468,6 +489,8 @@ def namespaces(config: pb.ContainerConfig, pod: PodInfo, target_pid_ns: str | No
         out.append(oci.Namespace("ipc", ns["ipc"]))
     if "uts" in ns:
         out.append(oci.Namespace("uts", ns["uts"]))
+    if "user" in ns:
+        out.append(oci.Namespace("user", ns["user"]))
     pod_pid = pod.config.linux.security_context.namespace_options.pid
     mode = config.linux.security_context.namespace_options.pid
     if pod_pid == pb.NODE:
@@ -488,6 +511,35 @@ def namespaces(config: pb.ContainerConfig, pod: PodInfo, target_pid_ns: str | No
     else:
         out.append(oci.Namespace("pid"))
     return tuple(out)
+
+
+def id_mappings(config: pb.ContainerConfig, pod: PodInfo) -> tuple[list[dict[str, int]], list[dict[str, int]]]:
+    """The pod's user namespace ranges for the OCI spec. A container cannot have a user namespace of its
+    own: its userns_options (kubelet repeats the pod's) must be unset, NODE with a NODE pod, or the pod's."""
+    pod_u = pod.config.linux.security_context.namespace_options.userns_options
+    pod_has = pod_u.mode == pb.POD
+    opts = config.linux.security_context.namespace_options
+    where = "config.linux.security_context.namespace_options.userns_options"
+    if opts.HasField("userns_options"):
+        u = opts.userns_options
+        if u.mode == pb.NODE and pod_has:
+            raise InvalidArgument(f"{where}: NODE, but the pod has a user namespace (a container cannot leave it)")
+        if u.mode == pb.POD and (not pod_has or list(u.uids) != list(pod_u.uids) or list(u.gids) != list(pod_u.gids)):
+            raise InvalidArgument(f"{where}: POD must repeat the pod's user namespace mappings")
+        if u.mode not in (pb.POD, pb.NODE):
+            raise InvalidArgument(f"{where}.mode: {pb.NamespaceMode.Name(u.mode)} is not supported for user "
+                                  "namespaces (containers share the pod's)")
+    if not pod_has:
+        return [], []
+    if "user" not in pod.namespaces:
+        raise InvalidArgument(f"{where}: the pod sandbox has no user namespace (was it created before it was "
+                              "supported?)")
+    if config.linux.security_context.privileged:
+        raise InvalidArgument("config.linux.security_context.privileged: not allowed in a pod with a user namespace")
+
+    def ranges(ms: Iterable[pb.IDMapping]) -> list[dict[str, int]]:
+        return [{"containerID": m.container_id, "hostID": m.host_id, "size": m.length} for m in ms]
+    return ranges(pod_u.uids), ranges(pod_u.gids)
 
 
 # ---------------------------------------------------------------- the whole spec
@@ -525,13 +577,14 @@ def build(container_id: str, config: pb.ContainerConfig, pod: PodInfo, image: Im
                             else [{"allow": False, "access": "rwm"}, *dev_rules])
     process = oci.Process(args=command_line(config, image), env=environment(config, image, pod.hostname),
                           cwd=working_dir(config, image), terminal=config.tty, oom_score_adj=oom_score_adj(res))
+    uid_maps, gid_maps = id_mappings(config, pod)
     spec = oci.build(oci.ContainerConfig(
         process=process, root_readonly=config.linux.security_context.readonly_rootfs,
-        mounts=mounts(config, mountinfo, image_volumes), default_mounts=_default_mounts(privileged),
-        annotations=dict(config.annotations),
+        mounts=mounts(config, mountinfo, image_volumes, (uid_maps, gid_maps)),
+        default_mounts=_default_mounts(privileged), annotations=dict(config.annotations),
         linux=oci.LinuxConfig(cgroups_path=f"{pod.cgroup_parent}/{container_id}",
                               namespaces=namespaces(config, pod, target_pid_ns), resources=resources,
-                              devices=dev_nodes)))
+                              devices=dev_nodes, uid_mappings=tuple(uid_maps), gid_mappings=tuple(gid_maps))))
     sec.apply_to(spec)
     _default_path_rules(spec, config.linux.security_context)
     return BuiltSpec(spec=spec, user=sec.user, stop_signal=stop_signal(config, image),

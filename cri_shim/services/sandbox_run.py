@@ -60,13 +60,55 @@ def validate(config: pb.PodSandboxConfig) -> None:
         raise InvalidArgument("config.linux.security_context.namespace_options.ipc: must be POD or NODE")
     if opts.pid not in (pb.POD, pb.CONTAINER, pb.NODE):
         raise InvalidArgument("config.linux.security_context.namespace_options.pid: must be POD, CONTAINER or NODE")
-    if opts.HasField("userns_options") and opts.userns_options.mode != pb.NODE:
-        raise InvalidArgument("config.linux.security_context.namespace_options.userns_options: user namespaces "
-                              "are not supported by this runtime (the handler does not advertise them)")
+    check_userns(config)
     parent = config.linux.cgroup_parent
     if parent and (not parent.startswith("/") or ".." in parent.split("/")):
         raise InvalidArgument(f"config.linux.cgroup_parent: {parent!r} must be an absolute cgroupfs path "
                               "(this runtime uses the cgroupfs driver)")
+
+
+_USERNS = "config.linux.security_context.namespace_options.userns_options"
+# Set in a user-namespaced pod's network namespace (as containerd does): its root has capabilities only in
+# the user namespace, not over the pod's netns, so low ports and ping would otherwise need the host.
+USERNS_NET_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 2147483647"}
+
+
+def check_userns(config: pb.PodSandboxConfig) -> None:
+    """userns_options: NODE (or unset) = the host's; POD = a user namespace for the pod, with exactly one
+    uid and one gid range that maps container id 0 (kubelet's form). CONTAINER and TARGET do not exist
+    for user namespaces."""
+    opts = config.linux.security_context.namespace_options
+    if not opts.HasField("userns_options") or opts.userns_options.mode == pb.NODE:
+        if opts.HasField("userns_options") and (opts.userns_options.uids or opts.userns_options.gids):
+            raise InvalidArgument(f"{_USERNS}: uids/gids are only valid with mode POD")
+        return
+    u = opts.userns_options
+    if u.mode != pb.POD:
+        raise InvalidArgument(f"{_USERNS}.mode: {pb.NamespaceMode.Name(u.mode)} is not supported for user "
+                              "namespaces (use POD for a pod user namespace, or NODE for the host's)")
+    for name, ranges in (("uids", u.uids), ("gids", u.gids)):
+        if len(ranges) != 1:
+            raise InvalidArgument(f"{_USERNS}.{name}: exactly one mapping is supported, got {len(ranges)}")
+        m = ranges[0]
+        if m.container_id != 0:
+            raise InvalidArgument(f"{_USERNS}.{name}[0].container_id: must be 0 (container id 0 must be mapped), "
+                                  f"got {m.container_id}")
+        if m.length == 0 or m.host_id == 0 or m.host_id + m.length > 1 << 32:
+            raise InvalidArgument(f"{_USERNS}.{name}[0]: host ids {m.host_id}..{m.host_id + m.length - 1} must be "
+                                  "a non-empty range that excludes host id 0 and ends below 2^32")
+    if opts.network == pb.NODE or opts.pid == pb.NODE or opts.ipc == pb.NODE:
+        raise InvalidArgument(f"{_USERNS}: a pod with a user namespace cannot use the host's network, PID or "
+                              "IPC namespace")
+    if config.linux.security_context.privileged:
+        raise InvalidArgument(f"{_USERNS}: a privileged pod cannot have a user namespace")
+
+
+def userns_mappings(config: pb.PodSandboxConfig) -> tuple[tuple[base.IdMapping, ...], tuple[base.IdMapping, ...]]:
+    u = config.linux.security_context.namespace_options.userns_options
+    if u.mode != pb.POD:
+        return (), ()
+    return (tuple(base.IdMapping(m.container_id, m.host_id, m.length) for m in u.uids),
+            tuple(base.IdMapping(m.container_id, m.host_id, m.length) for m in u.gids))
 
 
 def cgroup_parent(state: RuntimeState, config: pb.PodSandboxConfig, sandbox_id: str) -> str:
@@ -78,20 +120,25 @@ def cgroup_parent(state: RuntimeState, config: pb.PodSandboxConfig, sandbox_id: 
 def sandbox_spec(sb: Sandbox, hostname: str) -> base.SandboxSpec:
     cfg = sb.config
     opts = cfg.linux.security_context.namespace_options
+    uids, gids = userns_mappings(cfg)
+    sysctls = {**(USERNS_NET_SYSCTLS if uids else {}), **cfg.linux.sysctls}
     return base.SandboxSpec(
         id=sb.id, name=f"{cfg.metadata.namespace}/{cfg.metadata.name}", hostname=hostname,
         sandbox_dir=sb.sandbox_dir, log_directory=cfg.log_directory, annotations=dict(cfg.annotations),
         linux=base.LinuxSandboxSpec(
             cgroup_parent=sb.cgroup_parent, network=_NS_MODES[opts.network], pid=_NS_MODES[opts.pid],
-            ipc=_NS_MODES[opts.ipc], netns_path=sb.netns_path, sysctls=dict(cfg.linux.sysctls),
-            privileged=cfg.linux.security_context.privileged))
+            ipc=_NS_MODES[opts.ipc], netns_path=sb.netns_path, sysctls=sysctls,
+            uid_mappings=uids, gid_mappings=gids, privileged=cfg.linux.security_context.privileged))
 
 
 async def run_pod_sandbox(state: RuntimeState, request: pb.RunPodSandboxRequest) -> pb.RunPodSandboxResponse:
     config = request.config
     validate(config)
     handler = request.runtime_handler
-    state.backend(handler)  # unknown handler: NotFound before anything is made
+    backend = state.backend(handler)  # unknown handler: NotFound before anything is made
+    if userns_mappings(config)[0] and not backend.features.user_namespaces:
+        raise InvalidArgument(f"{_USERNS}: the runtime handler {handler!r} does not support user namespaces "
+                              "on this host (see `crictl info`, runtimeHandlers features)")
     name = sandbox_name(config.metadata)
     if not state.sandbox_inflight.pending(name):
         holder = state.sandbox_names.holder(name)

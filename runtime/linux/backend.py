@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import base
-from runtime.linux import cgroups
+from runtime.linux import cgroups, host
 from runtime.linux import seccomp
 from runtime.linux import protocol as proto
 from runtime.linux import protocol_aio as aio
@@ -67,7 +67,6 @@ class LinuxBackend:
     """Pods and containers with namespaces, cgroups and overlayfs, held by one pod shim per pod."""
 
     name = "native"
-    features = base.HandlerFeatures(recursive_read_only_mounts=True, user_namespaces=False)
 
     def __init__(self, state_dir: str | Path, *, cgroup_driver: str = "cgroupfs", call_timeout: float = 10.0,
                  start_timeout: float = 30.0, log_level: str = "warning") -> None:
@@ -79,6 +78,10 @@ class LinuxBackend:
         if cgroup_driver != "cgroupfs":
             raise base.Unsupported(f"cgroup_driver: {cgroup_driver!r} is not supported by the native runtime yet")
         self.cgroup_driver = cgroup_driver
+        # User namespaces need the kernel to allow them and idmapped overlay layers (5.19+) for the image.
+        self.features = base.HandlerFeatures(
+            recursive_read_only_mounts=True,
+            user_namespaces=host.user_namespaces() and host.idmapped_mounts_kernel())
         self.call_timeout = call_timeout
         self.start_timeout = start_timeout
         self.log_level = log_level
@@ -129,8 +132,7 @@ class LinuxBackend:
         lx = spec.linux
         if lx is None:
             raise base.InvalidSpec("linux", "the native Linux runtime needs the pod's Linux settings")
-        if lx.uid_mappings or lx.gid_mappings:
-            raise base.Unsupported("linux.uid_mappings: user namespaces are not supported by the native runtime yet")
+        uid_maps, gid_maps = self._id_mappings(lx)
         network = _mode(lx.network, "linux.network", {base.NamespaceMode.POD: "pod", base.NamespaceMode.NODE: "node"})
         ipc = _mode(lx.ipc, "linux.ipc", {base.NamespaceMode.POD: "pod", base.NamespaceMode.NODE: "node"})
         pid = _mode(lx.pid, "linux.pid", {base.NamespaceMode.POD: "pod", base.NamespaceMode.CONTAINER: "container",
@@ -147,7 +149,28 @@ class LinuxBackend:
         return {"sandbox_id": spec.id, "pod_dir": str(self.state_dir / "pods" / spec.id),
                 "hostname": spec.hostname, "sandbox_dir": spec.sandbox_dir, "cgroup_parent": parent.rstrip("/"),
                 "network": network, "ipc": ipc, "pid": pid, "netns_path": lx.netns_path,
-                "shm_size": lx.shm_size, "sysctls": dict(lx.sysctls), "log_level": self.log_level}
+                "shm_size": lx.shm_size, "sysctls": dict(lx.sysctls), "log_level": self.log_level,
+                "uid_mappings": uid_maps, "gid_mappings": gid_maps}
+
+    def _id_mappings(self, lx: base.LinuxSandboxSpec) -> tuple[list[list[int]], list[list[int]]]:
+        """The pod's user namespace ranges: one each, container id 0 mapped, never host root."""
+        if not lx.uid_mappings and not lx.gid_mappings:
+            return [], []
+        if not self.features.user_namespaces:
+            raise base.Unsupported("linux.uid_mappings: this host does not support user namespaces with "
+                                   "idmapped mounts (kernel 5.19+ and user.max_user_namespaces > 0)")
+        out = []
+        for name, ranges in (("uid_mappings", lx.uid_mappings), ("gid_mappings", lx.gid_mappings)):
+            if len(ranges) != 1:
+                raise base.InvalidSpec(f"linux.{name}", f"exactly one range is supported, got {len(ranges)}")
+            m = ranges[0]
+            if m.container_id != 0:
+                raise base.InvalidSpec(f"linux.{name}", "the range must start at container id 0 (root is mapped)")
+            if m.size <= 0 or m.host_id <= 0 or m.host_id + m.size > 1 << 32:
+                raise base.InvalidSpec(f"linux.{name}", f"host range {m.host_id}+{m.size} must be non-empty, "
+                                       "exclude host id 0 and end below 2^32")
+            out.append([[m.container_id, m.host_id, m.size]])
+        return out[0], out[1]
 
     def _missing_cgroup_levels(self, parent: str) -> list[str]:
         """The cgroup levels this pod will create (so removing the pod removes exactly those)."""

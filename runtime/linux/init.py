@@ -99,6 +99,7 @@ class _Prepared:
     join_fds: dict[str, int]
     new_namespaces: int
     extra_mounts: tuple[MountPlan, ...]
+    idmap: mounts.IdMap | None = None          # the pod's user namespace, joined last (see _join_userns)
 
 
 def container_init(ctx: InitContext) -> NoReturn:
@@ -124,7 +125,7 @@ def container_init(ctx: InitContext) -> NoReturn:
         if os.read(ctx.start_fd, 1) != b"s":
             os._exit(0)  # the shim deleted us before start
         os.close(ctx.start_fd)
-        _exec(plan.process, prep.security, path)
+        _exec(plan.process, prep.security, path, prep.idmap.userns_fd if prep.idmap else -1)
     except BaseException as e:  # noqa: BLE001 - the child must report and _exit, never unwind into the shim
         _report_and_exit(ctx.chan, e)
 
@@ -141,7 +142,7 @@ def exec_process(ctx: ExecContext) -> NoReturn:
         _setup_stdio(ctx.chan, ctx.stdio)
         _chdir(process.cwd, "cwd", create=False)
         path = find_executable(process, "args")
-        _exec(process, security, path)
+        _exec(process, security, path, ctx.join_fds.get("user", -1))
     except BaseException as e:  # noqa: BLE001
         _report_and_exit(ctx.chan, e)
 
@@ -154,8 +155,26 @@ def _prepare(ctx: InitContext) -> _Prepared:
     without_seccomp = {**ctx.spec, "linux": {**(ctx.spec.get("linux") or {}), "seccomp": None}}
     security = _with_seccomp(process_security.prepare(without_seccomp), ctx.seccomp)
     join, flags = _namespace_plan(plan)
+    idmap = _userns(plan)
     return _Prepared(plan, security, join, flags,
-                     _pod_mounts(plan, ctx.sandbox_dir) + _pod_shm_mount(plan, ctx.pod_shm, ctx.pod_ipc))
+                     _pod_mounts(plan, ctx.sandbox_dir) + _pod_shm_mount(plan, ctx.pod_shm, ctx.pod_ipc), idmap)
+
+
+def _userns(plan: ContainerPlan) -> mounts.IdMap | None:
+    """The pod's user namespace. The init sets everything up as host root in namespaces owned by the host
+    (so /proc, /sys, mqueue and devpts mount as usual) and joins the user namespace last, just before
+    switching user: the process then has capabilities only inside it, runs as the mapped host ids, and
+    sees the image through idmapped layers."""
+    root = plan.host_root()
+    if root is None:
+        return None
+    path = plan.namespaces["user"]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise InitFailure(proto.INVALID_SPEC, f"cannot open user namespace {path}: {e.strerror}",
+                          "linux.namespaces") from None
+    return mounts.IdMap(userns_fd=fd, root_uid=root[0], root_gid=root[1])
 
 
 def warm_up(spec: Mapping[str, Any]) -> None:
@@ -202,6 +221,7 @@ def _namespace_plan(plan: ContainerPlan) -> tuple[dict[str, int], int]:
 def _pod_mounts(plan: ContainerPlan, sandbox_dir: str) -> tuple[MountPlan, ...]:
     """hosts, resolv.conf and hostname from the sandbox dir, unless the spec mounts them itself."""
     out = []
+    idmap = "user" in plan.namespaces      # root-owned files on the host show as root-owned inside
     taken = {m.destination for m in plan.mounts}
     for name in ("hosts", "resolv.conf", "hostname"):
         src = os.path.join(sandbox_dir, name)
@@ -209,7 +229,7 @@ def _pod_mounts(plan: ContainerPlan, sandbox_dir: str) -> tuple[MountPlan, ...]:
         if sandbox_dir and dest not in taken and os.path.isfile(src):
             out.append(MountPlan(field=f"sandbox {name}", destination=dest, source=src, type="bind",
                                  flags=sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
-                                 propagation=(sc.MS_PRIVATE,), data="", bind=True))
+                                 propagation=(sc.MS_PRIVATE,), data="", bind=True, idmap=idmap))
     return tuple(out)
 
 
@@ -282,14 +302,15 @@ def _build_root(ctx: InitContext, prep: _Prepared) -> None:
     if plan.rootfs_propagation & sc.MS_SHARED:
         # Only a shared / would carry the rootfs mount back to the host (and make pivot_root refuse).
         _step(lambda: mounts.make_root_private_parent(rootfs), "root.path", "cannot prepare the rootfs mount")
-    _step(lambda: mounts.mount_rootfs(rootfs, ctx.layers, ctx.upper, ctx.work), "rootfs",
+    _step(lambda: mounts.mount_rootfs(rootfs, ctx.layers, ctx.upper, ctx.work, prep.idmap), "rootfs",
           "cannot mount the root filesystem")
     root_fd = os.open(rootfs, mounts.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         dev_is_tmpfs = False
         new_cgroupns = bool(prep.new_namespaces & sc.CLONE_NEWCGROUP)
         for m in (*plan.mounts, *prep.extra_mounts):
-            mounts.mount_one(root_fd, m, ctx.cgroup_mounts, new_cgroupns)
+            mounts.mount_one(root_fd, m, ctx.cgroup_mounts, new_cgroupns,
+                             prep.idmap.userns_fd if prep.idmap else -1)
             dev_is_tmpfs = dev_is_tmpfs or (m.destination == "/dev" and m.type == "tmpfs")
         if dev_is_tmpfs:
             mounts.make_devices(root_fd, mounts.DEFAULT_DEVICES)
@@ -394,8 +415,23 @@ def find_executable(p: ProcessPlan, field_name: str) -> str:
     raise InitFailure(proto.INVALID_SPEC, f"executable {name!r} {where} in the container", f"{field_name}[0]")
 
 
-def _exec(p: ProcessPlan, security: PreparedSecurity, path: str) -> NoReturn:
+def _join_userns(fd: int) -> None:
+    """Enter the pod's user namespace (needs CAP_SYS_ADMIN over it: its owner, host root, has that). The
+    credentials keep host uid 0, which is unmapped there, until process_security switches to the
+    container's user, which maps to the pod's host range."""
+    if fd < 0:
+        return
+    try:
+        sc.setns(fd, sc.CLONE_NEWUSER)
+    except OSError as e:
+        raise InitFailure(proto.FAILURE, f"cannot join the pod's user namespace: {e.strerror}",
+                          "linux.namespaces") from None
+    os.close(fd)
+
+
+def _exec(p: ProcessPlan, security: PreparedSecurity, path: str, userns_fd: int = -1) -> NoReturn:
     env = dict(e.split("=", 1) for e in p.env)
+    _join_userns(userns_fd)
     # Last step before execve: every fd above 2 close-on-exec, cwd check, umask, user, capabilities,
     # no_new_privs and seccomp (runtime.linux.process_security, in runc's order).
     _step(lambda: process_security.apply(security), "process", "cannot apply the process security settings")

@@ -112,17 +112,39 @@ def _unescape(s: str) -> str:
     return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
-def mount_rootfs(rootfs: str, layers: Iterable[str], upper: str, work: str) -> None:
-    """Overlay of the image layers (lowest first) + upper/work at `rootfs`; no layers: bind rootfs to itself."""
+@dataclass(frozen=True)
+class IdMap:
+    """The user namespace a container joins: image files owned by 0 must show as its root."""
+
+    userns_fd: int
+    root_uid: int      # host uid of the container's uid 0
+    root_gid: int
+
+
+def mount_rootfs(rootfs: str, layers: Iterable[str], upper: str, work: str, idmap: IdMap | None = None) -> None:
+    """Overlay of the image layers (lowest first) + upper/work at `rootfs`; no layers: bind rootfs to itself.
+
+    With `idmap`, each layer is first replaced (in this mount namespace only) by an idmapped mount of
+    itself, so the overlay presents the layers' root-owned files as owned by the namespace's root. The
+    upper directory stays plain: what the container writes is stored with its host ids (a private dir),
+    and copy-ups keep the ids the lower layer showed. overlayfs takes the root directory's owner from
+    the upper dir, hence the chown (else the container's root could not write to /)."""
     layers = list(layers)
     if not layers:
         if not os.path.isdir(rootfs):
             raise MountError("root.path", f"{rootfs} is not a directory")
-        sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
+        if idmap is not None:
+            _idmap_onto_itself(rootfs, idmap, "root.path")
+        else:
+            sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
         return
     for i, layer in enumerate(layers):
         if any(c in layer for c in ",:\n") or not os.path.isdir(layer):
             raise MountError(f"rootfs.layers[{i}]", f"{layer!r} is not a usable layer directory")
+    if idmap is not None:
+        for i, layer in enumerate(layers):
+            _idmap_onto_itself(layer, idmap, f"rootfs.layers[{i}]")
+        os.chown(upper, idmap.root_uid, idmap.root_gid, follow_symlinks=False)
     lower = ":".join(reversed(layers))  # overlayfs lists the topmost layer first
     data = f"lowerdir={lower},upperdir={upper},workdir={work}"
     if len(data) < 4000:
@@ -140,7 +162,24 @@ def mount_rootfs(rootfs: str, layers: Iterable[str], upper: str, work: str) -> N
         os.close(here)
 
 
-def mount_one(root_fd: int, m: MountPlan, cgroup_mounts: tuple[HostCgroupMount, ...], new_cgroupns: bool) -> None:
+def _idmap_onto_itself(path: str, idmap: IdMap, field_name: str) -> None:
+    try:
+        tree = sc.idmapped_clone(path, idmap.userns_fd)
+    except OSError as e:
+        raise MountError(field_name, f"cannot make an idmapped mount of {path} (the filesystem must support "
+                         f"idmapped mounts): {e.strerror or e}") from None
+    try:
+        target = os.open(path, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            sc.attach_mount(tree, target, path)
+        finally:
+            os.close(target)
+    finally:
+        os.close(tree)
+
+
+def mount_one(root_fd: int, m: MountPlan, cgroup_mounts: tuple[HostCgroupMount, ...], new_cgroupns: bool,
+              userns_fd: int = -1) -> None:
     """One spec mount inside the root, with its flags and propagation."""
     if m.type == "cgroup":
         _mount_cgroups(root_fd, m, cgroup_mounts, new_cgroupns)
@@ -157,7 +196,7 @@ def mount_one(root_fd: int, m: MountPlan, cgroup_mounts: tuple[HostCgroupMount, 
                          f"{e.strerror or e}") from None
     try:
         if m.bind:
-            _bind(root_fd, m, target)
+            _bind(root_fd, m, target, userns_fd)
         else:
             sc.mount(m.source or m.type, fd_path(target), m.type, m.flags, m.data or None)
     except OSError as e:
@@ -174,8 +213,18 @@ def mount_one(root_fd: int, m: MountPlan, cgroup_mounts: tuple[HostCgroupMount, 
             os.close(fd)
 
 
-def _bind(root_fd: int, m: MountPlan, target: int) -> None:
-    sc.mount(m.source, fd_path(target), None, m.flags & (sc.MS_BIND | sc.MS_REC))
+def _bind(root_fd: int, m: MountPlan, target: int, userns_fd: int) -> None:
+    if m.idmap:
+        if userns_fd < 0:
+            raise MountError(f"{m.field}.options", "idmap needs a user namespace (linux.namespaces)")
+        # Not recursive: every mount below would have to support idmapping too.
+        tree = sc.idmapped_clone(m.source, userns_fd)
+        try:
+            sc.attach_mount(tree, target, m.destination)
+        finally:
+            os.close(tree)
+    else:
+        sc.mount(m.source, fd_path(target), None, m.flags & (sc.MS_BIND | sc.MS_REC))
     extra = m.flags & ~(sc.MS_BIND | sc.MS_REC)
     if m.recursive_readonly:
         # After the bind (so the sub-mounts it carried are there), before any remount: the whole tree read-only.

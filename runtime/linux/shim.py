@@ -56,7 +56,7 @@ log = logging.getLogger("cri-shim.shim")
 READ_CHUNK = 64 * 1024
 ATTACH_QUEUE_MAX = 8 << 20          # an attacher that falls this far behind is dropped, never blocks the pod
 EXEC_HISTORY = 256                  # finished execs whose exit code is still kept for exec_wait
-NS_KINDS = ("ipc", "uts", "network", "pid", "cgroup", "mount")
+NS_KINDS = ("ipc", "uts", "network", "pid", "cgroup", "mount", "user")
 STATE_CREATING, STATE_CREATED, STATE_STARTING, STATE_RUNNING, STATE_EXITED = (
     "creating", "created", "starting", "running", "exited")
 
@@ -80,6 +80,9 @@ class PodConfig:
     shm_size: int = 64 << 20
     sysctls: dict[str, str] = field(default_factory=dict)
     log_level: str = "info"
+    # [container id, host id, size] ranges: non-empty = the pod gets its own user namespace
+    uid_mappings: list[list[int]] = field(default_factory=list)
+    gid_mappings: list[list[int]] = field(default_factory=list)
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> PodConfig:
@@ -95,6 +98,7 @@ def pod_paths(pod_dir: str) -> dict[str, str]:
         "sock": os.path.join(pod_dir, "sock"), "pid": os.path.join(pod_dir, "shim.pid"),
         "config": os.path.join(pod_dir, "pod.json"),
         "ipc": os.path.join(pod_dir, "ns", "ipc"), "uts": os.path.join(pod_dir, "ns", "uts"),
+        "user": os.path.join(pod_dir, "ns", "user"),
         "shm": os.path.join(pod_dir, "shm"), "containers": os.path.join(pod_dir, "containers"),
     }
 
@@ -366,6 +370,8 @@ class Shim:
         try:
             self._enter_monitor_cgroup()
             self._check_sysctls()
+            if cfg.uid_mappings:
+                self._pin_userns()
             if cfg.network == "pod":
                 if not cfg.netns_path:
                     raise ShimError(proto.INVALID_SPEC, "a pod network needs the pinned netns path", "netns_path")
@@ -464,6 +470,55 @@ class Shim:
         finally:
             sc.setns(self.host_ns[kind], flag)
 
+    def _pin_userns(self) -> None:
+        """The pod's user namespace, owned by host root and pinned like the others.
+
+        A process cannot step back out of a user namespace it entered, so a short-lived child makes it:
+        the child unshares, the shim writes its uid_map/gid_map (as host root, so setgroups stays
+        allowed), bind-mounts /proc/<child>/ns/user onto the pin and lets the child go. The pod's other
+        namespaces stay owned by the host: containers join this one last (runtime.linux.init)."""
+        pin = self.paths["user"]
+        os.makedirs(os.path.dirname(pin), mode=0o700, exist_ok=True)
+        os.close(os.open(pin, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o400))
+        ready_r, ready_w = os.pipe()
+        done_r, done_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(ready_r)
+                os.close(done_w)
+                sc.unshare(sc.CLONE_NEWUSER)
+                os.write(ready_w, b"u")
+                os.read(done_r, 1)   # EOF when the shim is done (or gone)
+            finally:
+                os._exit(0)
+        os.close(ready_w)
+        os.close(done_r)
+        try:
+            if os.read(ready_r, 1) != b"u":
+                raise ShimError(proto.FAILURE, "cannot create the pod's user namespace (unshare failed; is "
+                                "user.max_user_namespaces 0?)", "linux.uid_mappings")
+            for name, ranges in (("uid_map", self.config.uid_mappings), ("gid_map", self.config.gid_mappings)):
+                text = "".join(f"{inside} {outside} {size}\n" for inside, outside, size in ranges)
+                try:
+                    with open(f"/proc/{pid}/{name}", "w") as f:
+                        f.write(text)
+                except OSError as e:
+                    raise ShimError(proto.INVALID_SPEC, f"the kernel refused {name} {text.strip()!r}: {e.strerror}",
+                                    f"linux.{name[:3]}_mappings") from None
+            sc.mount(f"/proc/{pid}/ns/user", pin, None, sc.MS_BIND)
+            self.pod_ns["user"] = pin
+        finally:
+            os.close(ready_r)
+            os.close(done_w)
+            _kill_and_reap(pid)
+
+    def root_ids(self) -> tuple[int, int]:
+        """Host uid/gid of the pod's root (0, 0 without a user namespace)."""
+        def host(ranges: list[list[int]]) -> int:
+            return next((o for i, o, _ in ranges if i == 0), 0)
+        return host(self.config.uid_mappings), host(self.config.gid_mappings)
+
     def _apply_sysctls_here(self, select: Callable[[str], bool]) -> None:
         for key, value in self.config.sysctls.items():
             if select(key):
@@ -480,7 +535,9 @@ class Shim:
         size = self.config.shm_size
         if size <= 0:
             raise ShimError(proto.INVALID_SPEC, f"{size} is not a valid /dev/shm size", "shm_size")
-        sc.mount("shm", shm, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, f"mode=1777,size={size}")
+        uid, gid = self.root_ids()   # owned by the pod's root, also in a user namespace
+        sc.mount("shm", shm, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                 f"mode=1777,size={size},uid={uid},gid={gid}")
 
     def _start_pod_init(self) -> None:
         """PID 1 of the pod's shared PID namespace: reaps whatever the pod's containers orphan."""
@@ -1130,7 +1187,7 @@ class Shim:
         join_fds: dict[str, int] = {}
         pid_fd = -1
         try:
-            for kind in ("ipc", "uts", "network", "cgroup", "mount"):
+            for kind in ("ipc", "uts", "network", "cgroup", "mount", "user"):
                 fd = os.open(f"/proc/{c.pid}/ns/{sc.NAMESPACE_PROC_NAMES[kind]}", os.O_RDONLY | os.O_CLOEXEC)
                 if _same_file(fd, self.host_ns[kind]):
                     os.close(fd)
@@ -1351,7 +1408,7 @@ def _disk_usage(path: str) -> tuple[int, int]:
 def cleanup_pod_mounts(pod_dir: str) -> None:
     """Unmount the namespace pins and the pod's /dev/shm (idempotent, also used by the backend)."""
     paths = pod_paths(pod_dir)
-    for key in ("ipc", "uts", "shm"):
+    for key in ("ipc", "uts", "user", "shm"):
         try:
             sc.umount2(paths[key], sc.MNT_DETACH | sc.UMOUNT_NOFOLLOW)
         except OSError as e:

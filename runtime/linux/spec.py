@@ -79,6 +79,7 @@ class MountPlan:
     data: str
     bind: bool
     recursive_readonly: bool = False   # "rro": the bind and every mount below it read-only
+    idmap: bool = False                # bind through an idmapped mount of the container's user namespace
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,22 @@ class ContainerPlan:
     rootfs_propagation: int
     seccomp: Mapping[str, Any] | None
     process: ProcessPlan
+    # linux.uidMappings / gidMappings (container id, host id, size) of the user namespace being joined
+    uid_mappings: tuple[tuple[int, int, int], ...] = ()
+    gid_mappings: tuple[tuple[int, int, int], ...] = ()
+
+    def host_root(self) -> tuple[int, int] | None:
+        """Host uid and gid of the container's root in its user namespace (None: no user namespace)."""
+        if "user" not in self.namespaces:
+            return None
+        return host_id(self.uid_mappings, 0), host_id(self.gid_mappings, 0)
+
+
+def host_id(mappings: tuple[tuple[int, int, int], ...], container_id: int) -> int:
+    for inside, outside, size in mappings:
+        if inside <= container_id < inside + size:
+            return outside + container_id - inside
+    raise SpecError("linux.uidMappings", f"container id {container_id} is not mapped")
 
 
 def read_spec(bundle: str) -> dict[str, Any]:
@@ -170,6 +187,24 @@ def container_plan(spec: Mapping[str, Any], bundle: str) -> ContainerPlan:
     propagation = _str(linux.get("rootfsPropagation", ""), "linux.rootfsPropagation")
     if propagation not in _ROOTFS_PROPAGATION:
         raise SpecError("linux.rootfsPropagation", f"unknown propagation {propagation!r}")
+    uid_maps = _id_mappings(linux.get("uidMappings", []), "linux.uidMappings")
+    gid_maps = _id_mappings(linux.get("gidMappings", []), "linux.gidMappings")
+    if "user" in namespaces:
+        if not namespaces["user"]:
+            raise SpecError("linux.namespaces", "a new user namespace per container is not supported: join the "
+                            "pod's (type \"user\" with a path)", unsupported=True)
+        if not uid_maps or not gid_maps:
+            raise SpecError("linux.uidMappings", "a user namespace needs linux.uidMappings and linux.gidMappings")
+        host_id(uid_maps, 0)
+        try:
+            host_id(gid_maps, 0)
+        except SpecError:
+            raise SpecError("linux.gidMappings", "container id 0 is not mapped") from None
+        if _ROOTFS_PROPAGATION[propagation] & sc.MS_SHARED:
+            raise SpecError("linux.rootfsPropagation", "a shared root cannot be used with a user namespace "
+                            "(the idmapped image layers would propagate to the host)")
+    elif uid_maps or gid_maps:
+        raise SpecError("linux.uidMappings", "id mappings need a user namespace in linux.namespaces")
     return ContainerPlan(
         root_path=root_path,
         root_readonly=bool(root.get("readonly", False)),
@@ -187,7 +222,22 @@ def container_plan(spec: Mapping[str, Any], bundle: str) -> ContainerPlan:
         rootfs_propagation=_ROOTFS_PROPAGATION[propagation],
         seccomp=_obj(linux.get("seccomp"), "linux.seccomp") or None,
         process=process_plan(_obj(spec["process"], "process"), "process"),
+        uid_mappings=uid_maps,
+        gid_mappings=gid_maps,
     )
+
+
+def _id_mappings(raw: Any, where: str) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for i, m in enumerate(_list(raw, where)):
+        m = _obj(m, f"{where}[{i}]")
+        inside, outside = _id(m.get("containerID"), f"{where}[{i}].containerID"), \
+            _id(m.get("hostID"), f"{where}[{i}].hostID")
+        size = _id(m.get("size"), f"{where}[{i}].size")
+        if size == 0 or outside + size > 1 << 32 or inside + size > 1 << 32:
+            raise SpecError(f"{where}[{i}]", f"size {size} from {inside}/{outside} is empty or past 2^32")
+        out.append((inside, outside, size))
+    return tuple(out)
 
 
 def process_plan(p: Mapping[str, Any], where: str) -> ProcessPlan:
@@ -235,7 +285,10 @@ def mount_plan(m: Any, i: int) -> MountPlan:
     options = [_str(o, f"{where}.options") for o in _list(m.get("options", []), f"{where}.options")]
     flags, propagation, data = 0, [], []
     bind = fstype == "bind"
-    rro = False
+    rro = idmap = False
+    if m.get("uidMappings") or m.get("gidMappings"):
+        raise SpecError(f"{where}.uidMappings", "per-mount id mappings are not supported: use the \"idmap\" "
+                        "option (the container's user namespace)", unsupported=True)
     for opt in options:
         if opt in ("bind", "rbind"):
             bind = True
@@ -248,7 +301,9 @@ def mount_plan(m: Any, i: int) -> MountPlan:
             propagation.append(_PROPAGATION[opt])
         elif opt == "rro":
             rro = True
-        elif opt in ("rrw", "idmap", "ridmap"):
+        elif opt == "idmap":
+            idmap = True
+        elif opt in ("rrw", "ridmap"):
             raise SpecError(f"{where}.options", f"option {opt!r} is not supported by this runtime", unsupported=True)
         else:
             data.append(opt)
@@ -260,13 +315,13 @@ def mount_plan(m: Any, i: int) -> MountPlan:
             raise SpecError(f"{where}.source", f"{source} does not exist on the host")
         if data:
             raise SpecError(f"{where}.options", f"unknown bind mount options {data}")
-    elif rro:
-        raise SpecError(f"{where}.options", "rro (recursive read-only) applies to bind mounts only")
+    elif rro or idmap:
+        raise SpecError(f"{where}.options", f"{'rro' if rro else 'idmap'} applies to bind mounts only")
     elif fstype not in KNOWN_FS:
         raise SpecError(f"{where}.type", f"unsupported filesystem type {fstype!r}", unsupported=True)
     return MountPlan(field=where, destination=dest, source=source, type="bind" if bind else fstype,
                      flags=flags, propagation=tuple(propagation), data=",".join(data), bind=bind,
-                     recursive_readonly=rro)
+                     recursive_readonly=rro, idmap=idmap)
 
 
 def _namespaces(raw: Any) -> dict[str, str]:
@@ -279,8 +334,6 @@ def _namespaces(raw: Any) -> dict[str, str]:
             raise SpecError(f"{where}.type", f"unknown namespace type {kind!r}")
         if kind in out:
             raise SpecError(f"{where}.type", f"namespace {kind!r} listed twice")
-        if kind == "user":
-            raise SpecError(where, "user namespaces are not supported by this runtime yet", unsupported=True)
         path = _str(ns.get("path", ""), f"{where}.path")
         if path:
             _check_ns_path(path, kind, f"{where}.path")

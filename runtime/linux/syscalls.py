@@ -22,7 +22,14 @@ _SYS_MOUNT_SETATTR = 442
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_IDMAP = 0x100000
 _SYS_CLOSE_RANGE = 436
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -128,6 +135,29 @@ def make_mount_tree_readonly(fd: int) -> None:
     buf = ctypes.create_string_buffer(attr, len(attr))
     _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE), buf,
                          ctypes.c_size_t(len(attr))), "mount_setattr(MOUNT_ATTR_RDONLY, AT_RECURSIVE)")
+
+
+def idmapped_clone(path: str, userns_fd: int) -> int:
+    """A detached copy of the mount at `path` (not recursive) whose ids are shifted by the user namespace
+    `userns_fd` (open_tree + mount_setattr MOUNT_ATTR_IDMAP): files owned by 0 on disk show as that
+    namespace's root, and what its root creates is stored as 0. Attach it with `attach_mount`."""
+    fd = _check(_libc.syscall(_SYS_OPEN_TREE, ctypes.c_int(-100), _b(path),
+                              ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)), f"open_tree {path}")
+    attr = struct.pack("QQQQ", MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    try:
+        _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", ctypes.c_uint(AT_EMPTY_PATH), buf,
+                             ctypes.c_size_t(len(attr))), f"mount_setattr(MOUNT_ATTR_IDMAP) on {path}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def attach_mount(tree_fd: int, target_fd: int, what: str) -> None:
+    """move_mount(2) the detached mount `tree_fd` onto the object `target_fd` (an O_PATH handle: no path walk)."""
+    _check(_libc.syscall(_SYS_MOVE_MOUNT, tree_fd, b"", target_fd, b"",
+                         ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)), f"move_mount onto {what}")
 
 
 def close_range(first: int, last: int) -> None:

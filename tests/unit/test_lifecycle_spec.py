@@ -166,7 +166,7 @@ def test_mounts_resolve_symlinks_create_missing_dirs_and_set_options(tmp_path: P
               propagation=pb.PROPAGATION_BIDIRECTIONAL), InvalidArgument, "private propagation"),
     (pb.Mount(container_path="/a", image=pb.ImageSpec(image="img")), Unimplemented, "not resolved"),
     (pb.Mount(container_path="/a", host_path="/tmp", uidMappings=[pb.IDMapping(length=1)]), InvalidArgument,
-     "user namespaces"),
+     "a pod with a user namespace"),
     (pb.Mount(container_path="/a", host_path="/tmp", mount_options=["suid"]), InvalidArgument, "mount_options")])
 def test_bad_mounts_are_rejected(mount: pb.Mount, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):

@@ -1,0 +1,215 @@
+"""User namespaces end to end through a real daemon: a pod with userns_options mode POD runs its containers
+as the mapped host ids (root inside, uid 1000.. on the host), sees the image's root-owned files as root's
+through idmapped layers, and bad mappings are refused at RunPodSandbox with InvalidArgument.
+
+The daemon has its own CNI bridge (`cstuserns0`) so nothing global is shared with other suites.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cri_shim.api import api_pb2 as pb
+from tests.conftest import stop_and_clean
+from tests.harness.daemon import Daemon
+from tests.harness.lifecycle_env import (BUSYBOX, CONFLIST, Cri, Mirror, container_config, lifecycle_daemon,
+                                         pod_config, rpc_error, start_mirror, wait_for)
+
+BRIDGE = "cstuserns0"
+SUBNET = "10.231.0.0/16"
+HOST_ID = 100000          # first host id of the pods' range (outside any real user on this machine)
+SIZE = 65536
+
+
+@pytest.fixture(scope="module")
+def mirror() -> Iterator[Mirror]:
+    m = start_mirror((BUSYBOX,))
+    yield m
+    m.registry.stop()
+    shutil.rmtree(m.hosts, ignore_errors=True)   # not m.close(): that deletes the lifecycle suite's bridge
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def daemon(mirror: Mirror) -> Iterator[Daemon]:
+    d = lifecycle_daemon(mirror)
+    (d.cni_conf_dir / "10-cst-lifecycle.conflist").write_text(
+        CONFLIST.format(bridge=BRIDGE, subnet=SUBNET, ipam=d.workdir / "ipam"))
+    d.start()
+    yield d
+    stop_and_clean(d)
+
+
+@pytest.fixture
+def cri(daemon: Daemon) -> Iterator[Cri]:
+    c = Cri(daemon.client())
+    c.pull()
+    yield c
+    c.clean()
+    c.close()
+
+
+def mapping(container_id: int = 0, host_id: int = HOST_ID, length: int = SIZE) -> pb.IDMapping:
+    return pb.IDMapping(container_id=container_id, host_id=host_id, length=length)
+
+
+def userns_pod(uids: list[pb.IDMapping] | None = None, gids: list[pb.IDMapping] | None = None,
+               mode: int = pb.POD) -> pb.PodSandboxConfig:
+    cfg = pod_config(namespace="userns")
+    u = cfg.linux.security_context.namespace_options.userns_options
+    u.mode = mode
+    u.uids.extend([mapping()] if uids is None else uids)
+    u.gids.extend([mapping()] if gids is None else gids)
+    return cfg
+
+
+def userns_container(pod: pb.PodSandboxConfig, command: list[str], **fields: object) -> pb.ContainerConfig:
+    cfg = container_config(command=command, **fields)  # type: ignore[arg-type]
+    cfg.linux.security_context.namespace_options.CopyFrom(pod.linux.security_context.namespace_options)
+    return cfg
+
+
+def host_ids(pid: int) -> tuple[str, str]:
+    """Real uid and gid of a process as the host sees them (/proc/<pid>/status)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return fields["Uid"].split()[0], fields["Gid"].split()[0]
+
+
+def container_pid(cri: Cri, cid: str) -> int:
+    info = json.loads(cri.status(cid, verbose=True).info["info"])
+    return int(info["pid"])
+
+
+def test_handler_advertises_user_namespaces(daemon: Daemon) -> None:
+    handlers = json.loads(daemon.crictl("info").stdout)["runtimeHandlers"]
+    assert handlers[0]["features"]["user_namespaces"] is True
+
+
+def test_userns_pod_runs_as_root_inside_and_mapped_uid_on_the_host(cri: Cri) -> None:
+    pod = userns_pod()
+    sid = cri.run_pod(pod)
+    cid = cri.run(sid, userns_container(pod, ["sleep", "1000"]))
+    r = cri.exec_sync(cid, ["sh", "-c", "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map"])
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.decode().split("\n")
+    assert lines[:2] == ["0", "0"]
+    assert lines[2].split() == ["0", str(HOST_ID), str(SIZE)] and lines[3].split() == ["0", str(HOST_ID), str(SIZE)]
+    assert host_ids(container_pid(cri, cid)) == (str(HOST_ID), str(HOST_ID))
+
+
+def test_image_files_owned_by_root_show_as_root_and_writes_stay_in_the_range(cri: Cri) -> None:
+    pod = userns_pod()
+    sid = cri.run_pod(pod)
+    cid = cri.run(sid, userns_container(pod, ["sleep", "1000"]))
+    r = cri.exec_sync(cid, ["sh", "-c", "stat -c '%u:%g' /bin /etc/hosts /; echo x > /etc/new && "
+                                        "echo y >> /bin/sh.copy && stat -c '%u' /etc/new && "
+                                        "touch /dev/shm/f && stat -c '%u' /dev/shm/f"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.decode().split() == ["0:0", "0:0", "0:0", "0", "0"]
+    # Capabilities only inside the namespace: what host root owns stays out of reach.
+    r = cri.exec_sync(cid, ["stat", "-c", "%u", "/proc/sys/kernel/hostname"])
+    assert r.stdout == b"65534\n"     # host root's files: the overflow uid inside
+
+
+def test_non_root_user_in_userns_pod_maps_into_the_range(cri: Cri) -> None:
+    pod = userns_pod()
+    sid = cri.run_pod(pod)
+    cfg = userns_container(pod, ["sleep", "1000"])
+    cfg.linux.security_context.run_as_user.value = 1234
+    cid = cri.run(sid, cfg)
+    assert cri.exec_sync(cid, ["id", "-u"]).stdout == b"1234\n"
+    assert host_ids(container_pid(cri, cid))[0] == str(HOST_ID + 1234)
+
+
+def test_userns_container_output_matches_critest_expectation(cri: Cri) -> None:
+    pod = userns_pod([mapping(host_id=1000, length=100000)], [mapping(host_id=1000, length=100000)])
+    sid = cri.run_pod(pod)
+    cid = cri.run(sid, userns_container(pod, ["cat", "/proc/self/uid_map"]))
+    st = cri.wait_state(cid, pb.CONTAINER_EXITED)
+    assert st.state == pb.CONTAINER_EXITED and st.exit_code == 0, st.message
+
+
+def test_userns_pod_leaves_no_namespace_pin_after_removal(cri: Cri, daemon: Daemon) -> None:
+    sid = cri.run_pod(userns_pod())
+    pin = next(daemon.workdir.rglob(f"pods/{sid}/ns/user"))
+    assert any(str(pin) in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    cri.stop_pod(sid)
+    cri.remove_pod(sid)
+    assert wait_for(lambda: str(pin) not in Path("/proc/self/mountinfo").read_text())
+    assert not pin.exists()
+
+
+def test_node_mode_is_the_host_user_namespace(cri: Cri) -> None:
+    pod = userns_pod([], [], mode=pb.NODE)
+    sid = cri.run_pod(pod)
+    cid = cri.run(sid, userns_container(pod, ["sleep", "1000"]))
+    r = cri.exec_sync(cid, ["cat", "/proc/self/uid_map"])
+    assert r.stdout.split() == Path("/proc/self/uid_map").read_bytes().split()
+    assert host_ids(container_pid(cri, cid)) == ("0", "0")
+
+
+@pytest.mark.parametrize(("uids", "mode", "words"), [
+    ([mapping(), mapping(host_id=HOST_ID * 3)], pb.POD, "exactly one mapping"),
+    ([mapping(container_id=1)], pb.POD, "container id 0 must be mapped"),
+    ([mapping(host_id=0)], pb.POD, "excludes host id 0"),
+    ([mapping(length=0)], pb.POD, "non-empty"),
+    ([mapping()], pb.CONTAINER, "CONTAINER is not supported"),
+    ([mapping()], pb.TARGET, "TARGET is not supported"),
+])
+def test_invalid_userns_options_are_refused(cri: Cri, daemon: Daemon, uids: list[pb.IDMapping], mode: int,
+                                            words: str) -> None:
+    e = rpc_error(cri.run_pod, userns_pod(uids, uids, mode=mode))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and words in str(e.details()), e.details()
+    assert "userns_options" in str(e.details())
+    assert cri.pods() == []
+
+
+def test_userns_pod_with_host_network_is_refused(cri: Cri) -> None:
+    pod = userns_pod()
+    pod.linux.security_context.namespace_options.network = pb.NODE
+    e = rpc_error(cri.run_pod, pod)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "host's network" in str(e.details())
+
+
+def test_container_cannot_leave_or_change_the_pods_user_namespace(cri: Cri) -> None:
+    pod = userns_pod()
+    sid = cri.run_pod(pod)
+    other = userns_container(pod, ["true"])
+    other.linux.security_context.namespace_options.userns_options.uids[0].host_id = HOST_ID * 2
+    e = rpc_error(cri.create, sid, other)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "repeat the pod's" in str(e.details())
+    node = container_config(command=["true"])
+    node.linux.security_context.namespace_options.userns_options.mode = pb.NODE
+    e = rpc_error(cri.create, sid, node)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "cannot leave" in str(e.details())
+    priv = userns_container(pod, ["true"])
+    priv.linux.security_context.privileged = True
+    e = rpc_error(cri.create, sid, priv)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "privileged" in str(e.details())
+
+
+def test_idmapped_volume_shows_host_root_files_as_root(cri: Cri, tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)               # pytest makes it 0700: the mapped root could not even look in
+    (tmp_path / "data").write_text("hello")
+    os.chown(tmp_path / "data", 0, 0)
+    pod = userns_pod()
+    sid = cri.run_pod(pod)
+    plain = pb.Mount(container_path="/plain", host_path=str(tmp_path))
+    mapped = pb.Mount(container_path="/mapped", host_path=str(tmp_path), uidMappings=[mapping()],
+                      gidMappings=[mapping()])
+    cid = cri.run(sid, userns_container(pod, ["sleep", "1000"], mounts=[plain, mapped]))
+    r = cri.exec_sync(cid, ["sh", "-c", "stat -c %u /plain/data /mapped/data; echo w > /mapped/new"])
+    assert r.stdout.split() == [b"65534", b"0"] and r.exit_code == 0, r.stderr
+    assert (tmp_path / "new").stat().st_uid == 0       # written as the container's root = host root on disk
+    wrong = pb.Mount(container_path="/x", host_path=str(tmp_path), uidMappings=[mapping(host_id=5)],
+                     gidMappings=[mapping(host_id=5)])
+    e = rpc_error(cri.create, sid, userns_container(pod, ["true"], name="wrong", mounts=[wrong]))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "pod's own user namespace" in str(e.details())
