@@ -516,8 +516,9 @@ def namespaces(config: pb.ContainerConfig, pod: PodInfo, target_pid_ns: str | No
 def id_mappings(config: pb.ContainerConfig, pod: PodInfo) -> tuple[list[dict[str, int]], list[dict[str, int]]]:
     """The pod's user namespace ranges for the OCI spec. A container cannot have a user namespace of its
     own: its userns_options (kubelet repeats the pod's) must be unset, NODE with a NODE pod, or the pod's."""
-    pod_u = pod.config.linux.security_context.namespace_options.userns_options
-    pod_has = pod_u.mode == pb.POD
+    pod_opts = pod.config.linux.security_context.namespace_options
+    pod_u = pod_opts.userns_options
+    pod_has = pod_opts.HasField("userns_options") and pod_u.mode == pb.POD    # unset (mode 0 = POD) = the host's
     opts = config.linux.security_context.namespace_options
     where = "config.linux.security_context.namespace_options.userns_options"
     if opts.HasField("userns_options"):

@@ -104,8 +104,9 @@ def check_userns(config: pb.PodSandboxConfig) -> None:
 
 
 def userns_mappings(config: pb.PodSandboxConfig) -> tuple[tuple[base.IdMapping, ...], tuple[base.IdMapping, ...]]:
-    u = config.linux.security_context.namespace_options.userns_options
-    if u.mode != pb.POD:
+    opts = config.linux.security_context.namespace_options
+    u = opts.userns_options
+    if not opts.HasField("userns_options") or u.mode != pb.POD:   # unset: mode reads 0, which is POD
         return (), ()
     return (tuple(base.IdMapping(m.container_id, m.host_id, m.length) for m in u.uids),
             tuple(base.IdMapping(m.container_id, m.host_id, m.length) for m in u.gids))

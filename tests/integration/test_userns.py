@@ -156,6 +156,14 @@ def test_node_mode_is_the_host_user_namespace(cri: Cri) -> None:
     assert host_ids(container_pid(cri, cid)) == ("0", "0")
 
 
+def test_pod_without_userns_options_keeps_the_host_user_namespace(cri: Cri) -> None:
+    sid = cri.run_pod(pod_config(namespace="userns"))
+    cid = cri.run(sid, container_config(command=["sleep", "1000"]))
+    assert cri.exec_sync(cid, ["cat", "/proc/self/uid_map"]).stdout.split() == \
+        Path("/proc/self/uid_map").read_bytes().split()
+    assert host_ids(container_pid(cri, cid)) == ("0", "0")
+
+
 @pytest.mark.parametrize(("uids", "mode", "words"), [
     ([mapping(), mapping(host_id=HOST_ID * 3)], pb.POD, "exactly one mapping"),
     ([mapping(container_id=1)], pb.POD, "container id 0 must be mapped"),
