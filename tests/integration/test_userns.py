@@ -221,3 +221,16 @@ def test_idmapped_volume_shows_host_root_files_as_root(cri: Cri, tmp_path: Path)
                      gidMappings=[mapping(host_id=5)])
     e = rpc_error(cri.create, sid, userns_container(pod, ["true"], name="wrong", mounts=[wrong]))
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "pod's own user namespace" in str(e.details())
+
+
+def test_idmapped_volume_on_a_filesystem_without_idmap_support_fails_cleanly(cri: Cri) -> None:
+    pod = userns_pod()
+    sid = cri.run_pod(pod)
+    sysfs = pb.Mount(container_path="/k", host_path="/sys/kernel", readonly=True, uidMappings=[mapping()],
+                     gidMappings=[mapping()])
+    e = rpc_error(cri.create, sid, userns_container(pod, ["true"], mounts=[sysfs]))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "MOUNT_ATTR_IDMAP" in str(e.details()), e.details()
+    assert cri.containers() == []
+    # The pod is still usable afterwards.
+    cid = cri.run(sid, userns_container(pod, ["sleep", "1000"], name="after"))
+    assert cri.exec_sync(cid, ["id", "-u"]).stdout == b"0\n"
