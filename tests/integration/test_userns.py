@@ -38,12 +38,16 @@ def mirror() -> Iterator[Mirror]:
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
 
 
-@pytest.fixture(scope="module")
-def daemon(mirror: Mirror) -> Iterator[Daemon]:
-    d = lifecycle_daemon(mirror)
+def userns_daemon(mirror: Mirror, workdir: Path | None = None) -> Daemon:
+    d = lifecycle_daemon(mirror, workdir=workdir)
     (d.cni_conf_dir / "10-cst-lifecycle.conflist").write_text(
         CONFLIST.format(bridge=BRIDGE, subnet=SUBNET, ipam=d.workdir / "ipam"))
-    d.start()
+    return d.start()
+
+
+@pytest.fixture(scope="module")
+def daemon(mirror: Mirror) -> Iterator[Daemon]:
+    d = userns_daemon(mirror)
     yield d
     stop_and_clean(d)
 
@@ -234,3 +238,38 @@ def test_idmapped_volume_on_a_filesystem_without_idmap_support_fails_cleanly(cri
     # The pod is still usable afterwards.
     cid = cri.run(sid, userns_container(pod, ["sleep", "1000"], name="after"))
     assert cri.exec_sync(cid, ["id", "-u"]).stdout == b"0\n"
+
+
+def test_userns_pod_survives_a_daemon_restart(mirror: Mirror) -> None:
+    first = userns_daemon(mirror)
+    cri = Cri(first.client())
+    second: Daemon | None = None
+    try:
+        cri.pull()
+        pod = userns_pod()
+        sid = cri.run_pod(pod)
+        cid = cri.run(sid, userns_container(pod, ["sleep", "1000"]))
+        first.kill9()
+        cri.close()
+        second = userns_daemon(mirror, workdir=first.workdir)
+        cri = Cri(second.client())
+        assert cri.exec_sync(cid, ["id", "-u"]).stdout == b"0\n"
+        later = cri.run(sid, userns_container(pod, ["sleep", "1000"], name="later"))
+        assert host_ids(container_pid(cri, later)) == (str(HOST_ID), str(HOST_ID))
+        cri.clean()
+    finally:
+        cri.close()
+        stop_and_clean(second if second is not None else first)
+
+
+def test_userns_pod_with_a_shared_pid_namespace(cri: Cri) -> None:
+    pod = userns_pod()
+    pod.linux.security_context.namespace_options.pid = pb.POD
+    sid = cri.run_pod(pod)
+    a = cri.run(sid, userns_container(pod, ["sleep", "1000"], name="a"))
+    b = cri.run(sid, userns_container(pod, ["sleep", "2000"], name="b"))
+    r = cri.exec_sync(b, ["sh", "-c", "ps -o user,args | grep 'sleep 1000' | grep -v grep"])
+    assert r.stdout.split()[:3] == [b"root", b"sleep", b"1000"], (r.stdout, r.stderr)
+    r = cri.exec_sync(b, ["sh", "-c", "kill $(ps -o pid,args | grep '[s]leep 1000' | { read p rest; echo $p; })"])
+    assert r.exit_code == 0, r.stderr    # the same user namespace: its root may signal the other container
+    assert cri.wait_state(a, pb.CONTAINER_EXITED).state == pb.CONTAINER_EXITED
