@@ -543,6 +543,25 @@ def id_mappings(config: pb.ContainerConfig, pod: PodInfo) -> tuple[list[dict[str
     return ranges(pod_u.uids), ranges(pod_u.gids)
 
 
+def _check_user_is_mapped(user: users.ResolvedUser, uid_maps: list[dict[str, int]],
+                          gid_maps: list[dict[str, int]]) -> None:
+    """In a user namespace only the mapped ids exist: an unmapped user would fail at start (EINVAL from
+    setresuid), so say so at CreateContainer."""
+    if not uid_maps:
+        return
+
+    def mapped(i: int, maps: list[dict[str, int]]) -> bool:
+        return any(m["containerID"] <= i < m["containerID"] + m["size"] for m in maps)
+    where = "config.linux.security_context"
+    if not mapped(user.uid, uid_maps):
+        raise InvalidArgument(f"{where}.run_as_user: uid {user.uid} is not mapped in the pod's user namespace "
+                              f"(container ids 0..{uid_maps[0]['size'] - 1})")
+    for gid in (user.gid, *user.additional_gids):
+        if not mapped(gid, gid_maps):
+            raise InvalidArgument(f"{where}: gid {gid} is not mapped in the pod's user namespace "
+                                  f"(container ids 0..{gid_maps[0]['size'] - 1})")
+
+
 # ---------------------------------------------------------------- the whole spec
 
 
@@ -586,6 +605,7 @@ def build(container_id: str, config: pb.ContainerConfig, pod: PodInfo, image: Im
         linux=oci.LinuxConfig(cgroups_path=f"{pod.cgroup_parent}/{container_id}",
                               namespaces=namespaces(config, pod, target_pid_ns), resources=resources,
                               devices=dev_nodes, uid_mappings=tuple(uid_maps), gid_mappings=tuple(gid_maps))))
+    _check_user_is_mapped(sec.user, uid_maps, gid_maps)
     sec.apply_to(spec)
     _default_path_rules(spec, config.linux.security_context)
     return BuiltSpec(spec=spec, user=sec.user, stop_signal=stop_signal(config, image),

@@ -133,6 +133,20 @@ def test_non_root_user_in_userns_pod_maps_into_the_range(cri: Cri) -> None:
     assert host_ids(container_pid(cri, cid))[0] == str(HOST_ID + 1234)
 
 
+def test_user_outside_the_mapping_is_refused_at_create(cri: Cri) -> None:
+    pod = userns_pod([mapping(length=1000)], [mapping(length=1000)])
+    sid = cri.run_pod(pod)
+    cfg = userns_container(pod, ["true"])
+    cfg.linux.security_context.run_as_user.value = 1000
+    e = rpc_error(cri.create, sid, cfg)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "uid 1000 is not mapped" in str(e.details())
+    cfg = userns_container(pod, ["true"], name="g")
+    cfg.linux.security_context.supplemental_groups.append(5000)
+    e = rpc_error(cri.create, sid, cfg)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "gid 5000 is not mapped" in str(e.details())
+    assert cri.containers() == []
+
+
 def test_userns_container_output_matches_critest_expectation(cri: Cri) -> None:
     pod = userns_pod([mapping(host_id=1000, length=100000)], [mapping(host_id=1000, length=100000)])
     sid = cri.run_pod(pod)
