@@ -28,7 +28,7 @@ from cri_shim.services.undo import UndoStack
 from cri_shim.store.sandbox import Sandbox, SandboxState, sandbox_name
 from cri_shim.types import SandboxId
 from runtime import base
-from runtime.linux import netns
+from runtime.linux import netns, userns_netns
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,6 @@ def validate(config: pb.PodSandboxConfig) -> None:
 
 
 _USERNS = "config.linux.security_context.namespace_options.userns_options"
-# Set in a user-namespaced pod's network namespace (as containerd does): its root has capabilities only in
-# the user namespace, not over the pod's netns, so low ports and ping would otherwise need the host.
-USERNS_NET_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 2147483647"}
 
 
 def check_userns(config: pb.PodSandboxConfig) -> None:
@@ -122,13 +119,12 @@ def sandbox_spec(sb: Sandbox, hostname: str) -> base.SandboxSpec:
     cfg = sb.config
     opts = cfg.linux.security_context.namespace_options
     uids, gids = userns_mappings(cfg)
-    sysctls = {**(USERNS_NET_SYSCTLS if uids else {}), **cfg.linux.sysctls}
     return base.SandboxSpec(
         id=sb.id, name=f"{cfg.metadata.namespace}/{cfg.metadata.name}", hostname=hostname,
         sandbox_dir=sb.sandbox_dir, log_directory=cfg.log_directory, annotations=dict(cfg.annotations),
         linux=base.LinuxSandboxSpec(
             cgroup_parent=sb.cgroup_parent, network=_NS_MODES[opts.network], pid=_NS_MODES[opts.pid],
-            ipc=_NS_MODES[opts.ipc], netns_path=sb.netns_path, sysctls=sysctls,
+            ipc=_NS_MODES[opts.ipc], netns_path=sb.netns_path, sysctls=dict(cfg.linux.sysctls),
             uid_mappings=uids, gid_mappings=gids, privileged=cfg.linux.security_context.privileged))
 
 
@@ -185,7 +181,13 @@ async def _create(state: RuntimeState, config: pb.PodSandboxConfig, handler: str
             with timer.time(phases.NETNS, sid), mapped("cannot create the pod's network namespace"):
                 netns_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 undo.push("remove the netns", lambda: netns.remove(netns_path))
-                await netns.create_async(netns_path)
+                uids, gids = userns_mappings(config)
+                if uids:
+                    # Owned by the pod's user namespace, so its root has CAP_NET_* over its own network.
+                    await userns_netns.create_async(netns_path, [(m.container_id, m.host_id, m.size) for m in uids],
+                                                    [(m.container_id, m.host_id, m.size) for m in gids])
+                else:
+                    await netns.create_async(netns_path)
             await fp.hit("sandbox_run.after_netns")
             with timer.time(phases.NETWORK, sid):
                 undo.push("tear down the network",

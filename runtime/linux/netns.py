@@ -183,6 +183,16 @@ def _prepare_pin_file(path: Path) -> None:
     os.close(fd)
 
 
+def prepare_pin_file(path: Path) -> None:
+    """The empty file a namespace is pinned on (for pins made elsewhere, e.g. runtime.linux.userns_netns)."""
+    _prepare_pin_file(path)
+
+
+def set_loopback_up() -> None:
+    """Bring lo up in the calling thread's network namespace."""
+    _set_loopback_up()
+
+
 def create(path: Path, *, loopback_up: bool = True) -> Path:
     """Create a new network namespace pinned at `path` (a new file; its directory must exist).
 

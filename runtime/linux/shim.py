@@ -57,6 +57,7 @@ READ_CHUNK = 64 * 1024
 ATTACH_QUEUE_MAX = 8 << 20          # an attacher that falls this far behind is dropped, never blocks the pod
 EXEC_HISTORY = 256                  # finished execs whose exit code is still kept for exec_wait
 NS_KINDS = ("ipc", "uts", "network", "pid", "cgroup", "mount", "user")
+NS_GET_USERNS = 0xB701              # ioctl on a namespace file: an fd of the user namespace owning it
 STATE_CREATING, STATE_CREATED, STATE_STARTING, STATE_RUNNING, STATE_EXITED = (
     "creating", "created", "starting", "running", "exited")
 
@@ -370,14 +371,14 @@ class Shim:
         try:
             self._enter_monitor_cgroup()
             self._check_sysctls()
-            if cfg.uid_mappings:
-                self._pin_userns()
             if cfg.network == "pod":
                 if not cfg.netns_path:
                     raise ShimError(proto.INVALID_SPEC, "a pod network needs the pinned netns path", "netns_path")
                 self._check_netns(cfg.netns_path)
                 self.pod_ns["network"] = cfg.netns_path
                 self._apply_sysctls("network", cfg.netns_path)
+            if cfg.uid_mappings:
+                self._pin_userns()
             if cfg.ipc == "pod":
                 self._pin_new("ipc", sc.CLONE_NEWIPC, None)
                 self._mount_pod_shm()
@@ -471,15 +472,42 @@ class Shim:
             sc.setns(self.host_ns[kind], flag)
 
     def _pin_userns(self) -> None:
-        """The pod's user namespace, owned by host root and pinned like the others.
+        """The pod's user namespace, pinned like the others; containers join it last (runtime.linux.init).
 
-        A process cannot step back out of a user namespace it entered, so a short-lived child makes it:
-        the child unshares, the shim writes its uid_map/gid_map (as host root, so setgroups stays
-        allowed), bind-mounts /proc/<child>/ns/user onto the pin and lets the child go. The pod's other
-        namespaces stay owned by the host: containers join this one last (runtime.linux.init)."""
+        The daemon makes a userns pod's netns inside a new user namespace (runtime.linux.userns_netns):
+        that one is the pod's, found from the netns. Otherwise (no pod netns) the shim makes one."""
         pin = self.paths["user"]
         os.makedirs(os.path.dirname(pin), mode=0o700, exist_ok=True)
         os.close(os.open(pin, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o400))
+        owner = self._netns_owner()
+        if owner >= 0:
+            try:
+                sc.mount(f"/proc/self/fd/{owner}", pin, None, sc.MS_BIND)
+            finally:
+                os.close(owner)
+            self.pod_ns["user"] = pin
+            return
+        self._make_userns(pin)
+
+    def _netns_owner(self) -> int:
+        """fd of the user namespace owning the pod's netns, if that is not the host's; else -1."""
+        path = self.config.netns_path
+        if self.config.network != "pod" or not path:
+            return -1
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            owner = int(fcntl.ioctl(fd, NS_GET_USERNS))
+        finally:
+            os.close(fd)
+        if _same_file(owner, self.host_ns["user"]):
+            os.close(owner)
+            return -1
+        return owner
+
+    def _make_userns(self, pin: str) -> None:
+        """A process cannot step back out of a user namespace it entered, so a short-lived child makes it:
+        the child unshares, the shim writes its uid_map/gid_map (as host root, so setgroups stays
+        allowed), bind-mounts /proc/<child>/ns/user onto the pin and lets the child go."""
         ready_r, ready_w = os.pipe()
         done_r, done_w = os.pipe()
         pid = os.fork()

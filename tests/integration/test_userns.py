@@ -276,6 +276,23 @@ def test_userns_pod_survives_a_daemon_restart(mirror: Mirror) -> None:
         stop_and_clean(second if second is not None else first)
 
 
+def test_userns_pods_root_owns_its_network_namespace(cri: Cri) -> None:
+    pod = userns_pod()
+    sid = cri.run_pod(pod)
+    cfg = userns_container(pod, ["sleep", "1000"])
+    cfg.linux.security_context.capabilities.add_capabilities.append("NET_ADMIN")
+    cid = cri.run(sid, cfg)
+    # The netns belongs to the pod's user namespace: capabilities granted inside it work on the pod's own
+    # network (NET_ADMIN: change a link; NET_BIND_SERVICE, a default one: listen on port 80)...
+    r = cri.exec_sync(cid, ["sh", "-c", "ip link set lo mtu 9000 && ip link show lo | grep -o 'mtu [0-9]*'; "
+                                        "nc -l -p 80 & sleep 0.3; cat /proc/net/tcp /proc/net/tcp6 | grep -c ':0050 '"])
+    assert r.stdout.split() == [b"mtu", b"9000", b"1"], (r.stdout, r.stderr)
+    # ... and a container without them has none (the default set has no NET_ADMIN).
+    plain = cri.run(sid, userns_container(pod, ["sleep", "1000"], name="plain"))
+    r = cri.exec_sync(plain, ["ip", "link", "set", "lo", "mtu", "1500"])
+    assert r.exit_code != 0 and b"not permitted" in r.stderr
+
+
 def test_userns_pod_with_a_shared_pid_namespace(cri: Cri) -> None:
     pod = userns_pod()
     pod.linux.security_context.namespace_options.pid = pb.POD

@@ -64,17 +64,15 @@ def test_userns_pod_cannot_share_host_namespaces(field: str) -> None:
         sandbox_run.validate(cfg)
 
 
-def test_userns_pod_gets_unprivileged_ports_and_ping_in_its_netns_unless_set() -> None:
+def test_sandbox_spec_carries_the_pods_mappings_to_the_runtime() -> None:
     from cri_shim.store.sandbox import Sandbox
-    cfg = pod()
-    cfg.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "80"
-    sb = Sandbox(id="s", name="n", config=cfg, handler="", created_at=0, sandbox_dir="/d", netns_path="/n",
+    sb = Sandbox(id="s", name="n", config=pod(), handler="", created_at=0, sandbox_dir="/d", netns_path="/n",
                  cgroup_parent="/c")
-    spec = sandbox_run.sandbox_spec(sb, "h")
-    assert spec.linux is not None
-    assert spec.linux.sysctls == {"net.ipv4.ip_unprivileged_port_start": "80",
-                                  "net.ipv4.ping_group_range": "0 2147483647"}
-    assert sandbox_run.sandbox_spec(sb.with_(config=pod(None)), "h").linux.sysctls == {}  # type: ignore[union-attr]
+    lx = sandbox_run.sandbox_spec(sb, "h").linux
+    assert lx is not None and lx.uid_mappings == lx.gid_mappings and len(lx.uid_mappings) == 1
+    assert (lx.uid_mappings[0].container_id, lx.uid_mappings[0].host_id, lx.uid_mappings[0].size) == (0, 100000, 65536)
+    plain = sandbox_run.sandbox_spec(sb.with_(config=pod(None)), "h").linux
+    assert plain is not None and plain.uid_mappings == ()
 
 
 def pod_info(cfg: pb.PodSandboxConfig, user: bool = True) -> cs.PodInfo:
