@@ -7,9 +7,12 @@ The daemon has its own CNI bridge (`cstuserns0`) so nothing global is shared wit
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from tests.conftest import stop_and_clean
 from tests.harness.daemon import Daemon
 from tests.harness.lifecycle_env import (BUSYBOX, CONFLIST, Cri, Mirror, container_config, lifecycle_daemon,
                                          pod_config, rpc_error, start_mirror, wait_for)
+from runtime.linux import netns, userns_netns
 
 BRIDGE = "cstuserns0"
 SUBNET = "10.231.0.0/16"
@@ -304,3 +308,31 @@ def test_userns_pod_with_a_shared_pid_namespace(cri: Cri) -> None:
     r = cri.exec_sync(b, ["sh", "-c", "kill $(ps -o pid,args | grep '[s]leep 1000' | { read p rest; echo $p; })"])
     assert r.exit_code == 0, r.stderr    # the same user namespace: its root may signal the other container
     assert cri.wait_state(a, pb.CONTAINER_EXITED).state == pb.CONTAINER_EXITED
+
+
+def test_netns_helper_failure_leaves_no_pin(tmp_path: Path) -> None:
+    """The kernel refuses an empty range: the helper fails, the error says which map, nothing is left."""
+    pin = tmp_path / "netns"
+    with pytest.raises(netns.NetnsFailure, match="uid_map") as e:
+        asyncio.run(userns_netns.create_async(pin, [(0, HOST_ID, 0)], [(0, HOST_ID, SIZE)]))
+    assert "refused" in e.value.message
+    assert not pin.exists() and str(pin) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_netns_helper_makes_a_netns_owned_by_a_new_user_namespace(tmp_path: Path) -> None:
+    pin = tmp_path / "netns"
+    asyncio.run(userns_netns.create_async(pin, [(0, HOST_ID, SIZE)], [(0, HOST_ID, SIZE)]))
+    try:
+        fd = os.open(pin, os.O_RDONLY)
+        try:
+            owner = fcntl.ioctl(fd, 0xB701)   # NS_GET_USERNS
+        finally:
+            os.close(fd)
+        try:
+            assert os.fstat(owner).st_ino != os.stat("/proc/self/ns/user").st_ino
+        finally:
+            os.close(owner)
+        assert netns.run_in_netns(pin, lambda: socket.if_nameindex()) == [(1, "lo")]
+    finally:
+        netns.remove(pin)
+    assert not pin.exists()
