@@ -35,7 +35,8 @@ from runtime.linux import protocol as proto
 from runtime.linux import syscalls as sc
 from runtime.linux.process_security import PreparedSecurity
 from runtime.linux.mounts import MountError
-from runtime.linux.spec import ContainerPlan, MountPlan, ProcessPlan, SpecError, container_plan, process_plan
+from runtime.linux.spec import (ContainerPlan, MountPlan, ProcessPlan, SpecError, container_plan, host_id,
+                                process_plan)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Order matters: the mount namespace last, because joining it changes root and cwd.
@@ -119,6 +120,8 @@ def container_init(ctx: InitContext) -> NoReturn:
         _build_root(ctx, prep)
         _set_limits(plan.process)
         _setup_stdio(ctx.chan, ctx.stdio)
+        if ctx.stdio.tty and prep.idmap is not None:
+            _give_tty_to(plan, plan.process.uid, plan.process.gid)
         _chdir(plan.process.cwd, "process.cwd", create=True)
         path = find_executable(plan.process, "process.args")
         proto.send(ctx.chan, {"ready": True})
@@ -369,6 +372,16 @@ def _setup_stdio(chan: socket.socket, stdio: Stdio) -> None:
     for fd in {stdio.stdin, stdio.stdout, stdio.stderr}:
         if fd > 2:
             os.close(fd)
+
+
+def _give_tty_to(plan: ContainerPlan, uid: int, gid: int) -> None:
+    """The pty was made by host root, an id the user namespace does not map: give it to the container's user
+    (as seen from the host), so reopening its own terminal by name works inside."""
+    try:
+        os.fchown(0, host_id(plan.uid_mappings, uid), host_id(plan.gid_mappings, gid))
+    except OSError as e:
+        raise InitFailure(proto.FAILURE, f"cannot give the terminal to the container's user: {e.strerror}",
+                          "process.terminal") from None
 
 
 def _open_pty() -> tuple[int, int]:

@@ -137,6 +137,17 @@ def test_non_root_user_in_userns_pod_maps_into_the_range(cri: Cri) -> None:
     assert host_ids(container_pid(cri, cid))[0] == str(HOST_ID + 1234)
 
 
+def test_tty_container_in_userns_pod_gets_its_own_terminal(cri: Cri, tmp_path: Path) -> None:
+    pod = userns_pod()
+    pod.log_directory = str(tmp_path)
+    sid = cri.run_pod(pod)
+    cid = cri.run(sid, userns_container(pod, ["sh", "-c", "tty && id -u && stat -c %u /dev/pts/0"], tty=True,
+                                        log_path="tty.log"))
+    assert cri.wait_state(cid, pb.CONTAINER_EXITED).exit_code == 0
+    words = [line.split(" ", 3)[-1].strip() for line in (tmp_path / "tty.log").read_text().splitlines()]
+    assert words == ["/dev/pts/0", "0", "0"], words     # the terminal is root's inside, not the overflow id
+
+
 def test_user_outside_the_mapping_is_refused_at_create(cri: Cri) -> None:
     pod = userns_pod([mapping(length=1000)], [mapping(length=1000)])
     sid = cri.run_pod(pod)
