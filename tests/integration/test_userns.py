@@ -148,6 +148,19 @@ def test_tty_container_in_userns_pod_gets_its_own_terminal(cri: Cri, tmp_path: P
     assert words == ["/dev/pts/0", "0", "0"], words     # the terminal is root's inside, not the overflow id
 
 
+def test_userns_pod_sysctls_and_read_only_root(cri: Cri) -> None:
+    pod = userns_pod()
+    pod.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "1000"   # into the netns the user namespace owns
+    pod.linux.sysctls["kernel.shmmni"] = "2048"
+    sid = cri.run_pod(pod)
+    cfg = userns_container(pod, ["sleep", "1000"])
+    cfg.linux.security_context.readonly_rootfs = True
+    cid = cri.run(sid, cfg)
+    r = cri.exec_sync(cid, ["sh", "-c", "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shmmni; "
+                                        "touch /new"])
+    assert r.stdout.split() == [b"1000", b"2048"] and b"Read-only file system" in r.stderr, (r.stdout, r.stderr)
+
+
 def test_user_outside_the_mapping_is_refused_at_create(cri: Cri) -> None:
     pod = userns_pod([mapping(length=1000)], [mapping(length=1000)])
     sid = cri.run_pod(pod)
