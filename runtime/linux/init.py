@@ -91,6 +91,9 @@ class ExecContext:
     seccomp: Mapping[str, Any] | None = None
     cgroup_procs: tuple[str, ...] = ()
     join_fds: Mapping[str, int] = field(default_factory=dict)
+    # the container's linux.uidMappings / gidMappings (its terminal is given to the user through them)
+    uid_mappings: tuple[tuple[int, int, int], ...] = ()
+    gid_mappings: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass
@@ -121,7 +124,7 @@ def container_init(ctx: InitContext) -> NoReturn:
         _set_limits(plan.process)
         _setup_stdio(ctx.chan, ctx.stdio)
         if ctx.stdio.tty and prep.idmap is not None:
-            _give_tty_to(plan, plan.process.uid, plan.process.gid)
+            _give_tty_to(plan.uid_mappings, plan.gid_mappings, plan.process.uid, plan.process.gid)
         _chdir(plan.process.cwd, "process.cwd", create=True)
         path = find_executable(plan.process, "process.args")
         proto.send(ctx.chan, {"ready": True})
@@ -143,6 +146,8 @@ def exec_process(ctx: ExecContext) -> NoReturn:
         _join(ctx.join_fds)
         _set_limits(process)
         _setup_stdio(ctx.chan, ctx.stdio)
+        if ctx.stdio.tty and "user" in ctx.join_fds:
+            _give_tty_to(ctx.uid_mappings, ctx.gid_mappings, process.uid, process.gid)
         _chdir(process.cwd, "cwd", create=False)
         path = find_executable(process, "args")
         _exec(process, security, path, ctx.join_fds.get("user", -1))
@@ -374,13 +379,14 @@ def _setup_stdio(chan: socket.socket, stdio: Stdio) -> None:
             os.close(fd)
 
 
-def _give_tty_to(plan: ContainerPlan, uid: int, gid: int) -> None:
+def _give_tty_to(uid_mappings: tuple[tuple[int, int, int], ...], gid_mappings: tuple[tuple[int, int, int], ...],
+                 uid: int, gid: int) -> None:
     """The pty was made by host root, an id the user namespace does not map: give it to the container's user
     (as seen from the host), so reopening its own terminal by name works inside."""
     try:
-        os.fchown(0, host_id(plan.uid_mappings, uid), host_id(plan.gid_mappings, gid))
-    except OSError as e:
-        raise InitFailure(proto.FAILURE, f"cannot give the terminal to the container's user: {e.strerror}",
+        os.fchown(0, host_id(uid_mappings, uid), host_id(gid_mappings, gid))
+    except (OSError, SpecError) as e:
+        raise InitFailure(proto.FAILURE, f"cannot give the terminal to the container's user: {e}",
                           "process.terminal") from None
 
 

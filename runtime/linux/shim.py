@@ -49,7 +49,8 @@ from runtime.linux import mounts
 from runtime.linux import protocol as proto
 from runtime.linux import syscalls as sc
 from runtime.linux.logs import CriLogWriter
-from runtime.linux.spec import ShimView, SpecError, check_sysctl, read_spec, shim_view, sysctl_path
+from runtime.linux.spec import (ShimView, SpecError, check_sysctl, id_mappings, read_spec, shim_view,
+                                sysctl_path)
 
 log = logging.getLogger("cri-shim.shim")
 
@@ -1230,8 +1231,15 @@ class Shim:
             raise ShimError(proto.WRONG_STATE, f"container {c.id} is not running") from None
         parent_chan, child_chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         stdio, mine, theirs = _exec_stdio(msg)
+        linux = c.spec.get("linux") or {}
+        try:
+            uid_maps = id_mappings(linux.get("uidMappings", []), "linux.uidMappings")
+            gid_maps = id_mappings(linux.get("gidMappings", []), "linux.gidMappings")
+        except SpecError:
+            uid_maps = gid_maps = ()   # the container was created with them, so they were valid then
         ctx = cinit.ExecContext(process=process, seccomp=c.seccomp, chan=child_chan, stdio=stdio,
-                                cgroup_procs=tuple(c.cgroup.join_files()), join_fds=join_fds)
+                                cgroup_procs=tuple(c.cgroup.join_files()), join_fds=join_fds,
+                                uid_mappings=uid_maps, gid_mappings=gid_maps)
         try:
             same_pid_ns = _same_file(pid_fd, self.host_ns["pid"])
             pid = self._fork_in_pid_ns(None, None if same_pid_ns else pid_fd, lambda: cinit.exec_process(ctx))

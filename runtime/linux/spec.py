@@ -187,8 +187,8 @@ def container_plan(spec: Mapping[str, Any], bundle: str) -> ContainerPlan:
     propagation = _str(linux.get("rootfsPropagation", ""), "linux.rootfsPropagation")
     if propagation not in _ROOTFS_PROPAGATION:
         raise SpecError("linux.rootfsPropagation", f"unknown propagation {propagation!r}")
-    uid_maps = _id_mappings(linux.get("uidMappings", []), "linux.uidMappings")
-    gid_maps = _id_mappings(linux.get("gidMappings", []), "linux.gidMappings")
+    uid_maps = id_mappings(linux.get("uidMappings", []), "linux.uidMappings")
+    gid_maps = id_mappings(linux.get("gidMappings", []), "linux.gidMappings")
     if "user" in namespaces:
         if not namespaces["user"]:
             raise SpecError("linux.namespaces", "a new user namespace per container is not supported: join the "
@@ -227,7 +227,7 @@ def container_plan(spec: Mapping[str, Any], bundle: str) -> ContainerPlan:
     )
 
 
-def _id_mappings(raw: Any, where: str) -> tuple[tuple[int, int, int], ...]:
+def id_mappings(raw: Any, where: str) -> tuple[tuple[int, int, int], ...]:
     out = []
     for i, m in enumerate(_list(raw, where)):
         m = _obj(m, f"{where}[{i}]")

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,6 +147,36 @@ def test_tty_container_in_userns_pod_gets_its_own_terminal(cri: Cri, tmp_path: P
     assert cri.wait_state(cid, pb.CONTAINER_EXITED).exit_code == 0
     words = [line.split(" ", 3)[-1].strip() for line in (tmp_path / "tty.log").read_text().splitlines()]
     assert words == ["/dev/pts/0", "0", "0"], words     # the terminal is root's inside, not the overflow id
+
+
+def test_exec_with_a_tty_in_userns_pod_owns_its_terminal(cri: Cri, daemon: Daemon) -> None:
+    pod = userns_pod()
+    sid = cri.run_pod(pod)
+    cid = cri.run(sid, userns_container(pod, ["sleep", "1000"]))
+    # crictl exec -it needs a terminal of its own: run it on a pty, as its controlling terminal.
+    master, slave = os.openpty()
+    argv = [daemon.crictl("version").args[0], "--config", str(daemon.workdir / "crictl.yaml"),
+            "exec", "-it", cid, "sh", "-c", "echo uid=$(id -u) tty-owner=$(stat -c %u $(tty)) end"]
+    proc = subprocess.Popen(["setsid", "-c", *argv], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b" end" not in out and time.monotonic() < deadline:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert b"uid=0 tty-owner=0 end" in out, out
 
 
 def test_userns_pod_sysctls_and_read_only_root(cri: Cri) -> None:
