@@ -318,7 +318,7 @@ def image_volume_requests(config: pb.ContainerConfig) -> dict[int, str]:
     return out
 
 
-def _image_volume_mount(m: pb.Mount, volume: ImageVolume, dest: str, where: str) -> oci.Mount:
+def _image_volume_mount(m: pb.Mount, volume: ImageVolume, dest: str, where: str, idmap: bool = False) -> oci.Mount:
     """The image's layers at `dest`, read-only: one layer is a bind mount, several an overlay of lowerdirs."""
     sub = os.path.normpath(m.image_sub_path) if m.image_sub_path else ""
     dirs = [os.path.join(layer, sub) if sub else layer for layer in volume.layers]
@@ -327,6 +327,8 @@ def _image_volume_mount(m: pb.Mount, volume: ImageVolume, dest: str, where: str)
         raise InvalidArgument(f"{where}.image_sub_path: {m.image_sub_path!r} does not exist in image "
                               f"{volume.image_id}")
     if len(dirs) == 1 or not os.path.isdir(dirs[-1]):
+        if idmap:   # in a user namespace the image's root-owned files show as root's (an overlay gets that anyway)
+            return oci.Mount(dest, dirs[-1], "bind", ("bind", "rprivate", "ro", "nodev", "idmap"))
         return oci.Mount(dest, dirs[-1], "bind", ("rbind", "rprivate", "ro", "nodev"))
     lower = ":".join(reversed([d for d in dirs if os.path.isdir(d)]))   # overlay lists the top layer first
     if len(lower) > 3500:
@@ -359,7 +361,7 @@ def mounts(config: pb.ContainerConfig, mountinfo: str | None = None,
         if m.propagation not in _PROPAGATION_OPTION:
             raise InvalidArgument(f"{where}.propagation: unknown value {m.propagation}")
         if image_volumes is not None and i in image_volumes:
-            out.append(_image_volume_mount(m, image_volumes[i], dest, where))
+            out.append(_image_volume_mount(m, image_volumes[i], dest, where, idmap=bool(pod_mappings[0])))
             continue
         source = host_source(m.host_path, where)
         check_propagation(source, m.propagation, where, mountinfo)

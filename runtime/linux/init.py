@@ -317,8 +317,7 @@ def _build_root(ctx: InitContext, prep: _Prepared) -> None:
         dev_is_tmpfs = False
         new_cgroupns = bool(prep.new_namespaces & sc.CLONE_NEWCGROUP)
         for m in (*plan.mounts, *prep.extra_mounts):
-            mounts.mount_one(root_fd, m, ctx.cgroup_mounts, new_cgroupns,
-                             prep.idmap.userns_fd if prep.idmap else -1)
+            mounts.mount_one(root_fd, m, ctx.cgroup_mounts, new_cgroupns, prep.idmap)
             dev_is_tmpfs = dev_is_tmpfs or (m.destination == "/dev" and m.type == "tmpfs")
         if dev_is_tmpfs:
             mounts.make_devices(root_fd, mounts.DEFAULT_DEVICES)

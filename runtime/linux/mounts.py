@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runtime.linux import syscalls as sc
 from runtime.linux.spec import DevicePlan, MountPlan
@@ -119,6 +119,13 @@ class IdMap:
     userns_fd: int
     root_uid: int      # host uid of the container's uid 0
     root_gid: int
+    # directories already replaced by an idmapped mount of themselves in this mount namespace (an
+    # idmapped mount cannot be idmapped again)
+    done: set[str] = field(default_factory=set)
+
+    def covers(self, path: str) -> bool:
+        """Is `path` already seen through an idmapped mount made here?"""
+        return any(path == d or path.startswith(d.rstrip("/") + "/") for d in self.done)
 
 
 def mount_rootfs(rootfs: str, layers: Iterable[str], upper: str, work: str, idmap: IdMap | None = None) -> None:
@@ -163,6 +170,8 @@ def mount_rootfs(rootfs: str, layers: Iterable[str], upper: str, work: str, idma
 
 
 def _idmap_onto_itself(path: str, idmap: IdMap, field_name: str) -> None:
+    if idmap.covers(path):
+        return
     try:
         tree = sc.idmapped_clone(path, idmap.userns_fd)
     except OSError as e:
@@ -176,16 +185,25 @@ def _idmap_onto_itself(path: str, idmap: IdMap, field_name: str) -> None:
             os.close(target)
     finally:
         os.close(tree)
+    idmap.done.add(path)
 
 
 def mount_one(root_fd: int, m: MountPlan, cgroup_mounts: tuple[HostCgroupMount, ...], new_cgroupns: bool,
-              userns_fd: int = -1) -> None:
-    """One spec mount inside the root, with its flags and propagation."""
+              idmap: IdMap | None = None) -> None:
+    """One spec mount inside the root, with its flags and propagation. In a user namespace (`idmap`) an
+    overlay is made of idmapped layers, like the rootfs."""
     if m.type == "cgroup":
         _mount_cgroups(root_fd, m, cgroup_mounts, new_cgroupns)
         return
     if m.type in ("proc", "sysfs"):
         _require_plain_dir(root_fd, m)
+    if m.type == "overlay" and idmap is not None:
+        for opt in m.data.split(","):
+            if opt.startswith("lowerdir="):
+                for lower in opt[len("lowerdir="):].split(":"):
+                    if not os.path.isabs(lower):
+                        raise MountError(f"{m.field}.options", f"overlay layer {lower!r} must be an absolute path")
+                    _idmap_onto_itself(lower, idmap, f"{m.field}.options")
     make = "dir"
     if m.bind and not os.path.isdir(m.source):
         make = "file"
@@ -196,7 +214,7 @@ def mount_one(root_fd: int, m: MountPlan, cgroup_mounts: tuple[HostCgroupMount, 
                          f"{e.strerror or e}") from None
     try:
         if m.bind:
-            _bind(root_fd, m, target, userns_fd)
+            _bind(root_fd, m, target, idmap)
         else:
             sc.mount(m.source or m.type, fd_path(target), m.type, m.flags, m.data or None)
     except OSError as e:
@@ -213,12 +231,12 @@ def mount_one(root_fd: int, m: MountPlan, cgroup_mounts: tuple[HostCgroupMount, 
             os.close(fd)
 
 
-def _bind(root_fd: int, m: MountPlan, target: int, userns_fd: int) -> None:
-    if m.idmap:
-        if userns_fd < 0:
-            raise MountError(f"{m.field}.options", "idmap needs a user namespace (linux.namespaces)")
+def _bind(root_fd: int, m: MountPlan, target: int, idmap: IdMap | None) -> None:
+    if m.idmap and idmap is None:
+        raise MountError(f"{m.field}.options", "idmap needs a user namespace (linux.namespaces)")
+    if m.idmap and idmap is not None and not idmap.covers(m.source):
         # Not recursive: every mount below would have to support idmapping too.
-        tree = sc.idmapped_clone(m.source, userns_fd)
+        tree = sc.idmapped_clone(m.source, idmap.userns_fd)
         try:
             sc.attach_mount(tree, target, m.destination)
         finally:

@@ -24,7 +24,7 @@ import pytest
 from cri_shim.api import api_pb2 as pb
 from tests.conftest import stop_and_clean
 from tests.harness.daemon import Daemon
-from tests.harness.lifecycle_env import (BUSYBOX, CONFLIST, Cri, Mirror, container_config, lifecycle_daemon,
+from tests.harness.lifecycle_env import (BUSYBOX, CONFLIST, NGINX, Cri, Mirror, container_config, lifecycle_daemon,
                                          pod_config, rpc_error, start_mirror, wait_for)
 from runtime.linux import netns, userns_netns
 
@@ -36,7 +36,7 @@ SIZE = 65536
 
 @pytest.fixture(scope="module")
 def mirror() -> Iterator[Mirror]:
-    m = start_mirror((BUSYBOX,))
+    m = start_mirror((BUSYBOX, NGINX))
     yield m
     m.registry.stop()
     shutil.rmtree(m.hosts, ignore_errors=True)   # not m.close(): that deletes the lifecycle suite's bridge
@@ -177,6 +177,17 @@ def test_exec_with_a_tty_in_userns_pod_owns_its_terminal(cri: Cri, daemon: Daemo
             proc.wait()
         os.close(master)
     assert b"uid=0 tty-owner=0 end" in out, out
+
+
+def test_image_volumes_in_userns_pod_show_root_owned_files_as_root(cri: Cri) -> None:
+    cri.pull(NGINX)   # several layers: an overlay of idmapped layers; busybox (the rootfs image): a bind
+    pod = userns_pod()
+    sid = cri.run_pod(pod)
+    web = pb.Mount(container_path="/mnt/web", readonly=True, image=pb.ImageSpec(image=NGINX))
+    box = pb.Mount(container_path="/mnt/box", readonly=True, image=pb.ImageSpec(image=BUSYBOX), image_sub_path="bin")
+    cid = cri.run(sid, userns_container(pod, ["sleep", "1000"], mounts=[web, box]))
+    r = cri.exec_sync(cid, ["stat", "-c", "%u:%g", "/mnt/web/docker-entrypoint.sh", "/mnt/web/bin", "/mnt/box/sh"])
+    assert r.stdout.split() == [b"0:0"] * 3, (r.stdout, r.stderr)
 
 
 def test_userns_pod_sysctls_and_read_only_root(cri: Cri) -> None:
