@@ -11,6 +11,7 @@ Test order matters (pytest runs them in file order); each test waits for its own
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import ssl
@@ -32,7 +33,7 @@ from cri_shim.network.builtin import veth_name
 from tests.conftest import stop_and_clean
 from tests.harness.crilog import read_all_rotations, read_logs, rotated_files
 from tests.harness.daemon import Daemon, make_workdir
-from tests.harness.kubelet import Kubelet, free_port, remove_cgroup_tree
+from tests.harness.kubelet import Kubelet, free_port, free_subnet, remove_cgroup_tree
 from tests.harness.lifecycle_env import BUSYBOX, NGINX, Mirror, lifecycle_daemon, start_mirror
 
 T = TypeVar("T")
@@ -42,7 +43,6 @@ pytestmark = pytest.mark.timeout(600)
 
 # Host-wide names, unique to this suite (other suites run on the same machine at the same time).
 BRIDGE = "cskubelet0"
-SUBNET = "10.241.0.0/24"
 NFT_TABLE = "cri_shim_kubelet_e2e"
 NODE = "cri-shim-e2e"
 NS = "default"
@@ -60,6 +60,7 @@ class Env:
     kubelet: Kubelet
     host_net_port: int
     host_port: int
+    subnet: str
 
     def wait(self, what: str, check: Callable[[], T | None], timeout: float = 60, interval: float = 0.5) -> T:
         deadline = time.monotonic() + timeout
@@ -199,8 +200,9 @@ def cleanup_host_network() -> None:
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     mirror = start_mirror()
+    subnet = free_subnet()
     daemon = lifecycle_daemon(mirror, extra={"server": {"log_level": "info"}, "network": {
-        "mode": "builtin", "builtin_bridge": BRIDGE, "builtin_subnet": SUBNET, "nft_table": NFT_TABLE}})
+        "mode": "builtin", "builtin_bridge": BRIDGE, "builtin_subnet": subnet, "nft_table": NFT_TABLE}})
     kubelet: Kubelet | None = None
     try:
         daemon.start()
@@ -212,7 +214,7 @@ def env() -> Iterator[Env]:
                           overrides={"containerLogMaxSize": LOG_MAX_SIZE, "containerLogMaxFiles": 30,
                                      "containerLogMonitorInterval": "3s",
                                      "crashLoopBackOff": {"maxContainerRestartPeriod": "5s"}})
-        e = Env(mirror, daemon, kubelet, free_port(), free_port())
+        e = Env(mirror, daemon, kubelet, free_port(), free_port(), subnet)
         kubelet.start()
         for m in all_manifests(e.host_net_port, e.host_port):
             kubelet.add_pod(m)
@@ -340,7 +342,7 @@ def test_hostport_reaches_the_pod_from_the_host(env: Env) -> None:
     status, body = env.wait("hostPort http", lambda: http_get(f"http://127.0.0.1:{env.host_port}/"))
     assert status == 200 and b"Welcome to nginx!" in body
     pod_ip = env.pod("hostport")["status"]["podIP"]
-    assert pod_ip.startswith("10.241.0.")
+    assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(env.subnet)
 
 
 def test_pod_dns_config_becomes_the_containers_resolv_conf(env: Env) -> None:

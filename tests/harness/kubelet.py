@@ -26,6 +26,7 @@ Swap checks stay on (the host has no swap).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -70,6 +71,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_subnet(first: str = "10.241.0.0/24", tries: int = 64) -> str:
+    """The first /24 from `first` upwards that no host route overlaps (the daemon refuses overlapping subnets)."""
+    routes = json.loads(subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True,
+                                       text=True, check=True).stdout)
+    taken = [ipaddress.ip_network(r["dst"], strict=False) for r in routes if r.get("dst", "default") != "default"
+             and r["dst"][0].isdigit()]
+    net = ipaddress.ip_network(first)
+    for _ in range(tries):
+        if not any(net.overlaps(t) for t in taken):
+            return str(net)
+        net = ipaddress.ip_network((int(net.network_address) + 256, 24))
+    raise RuntimeError(f"no free /24 from {first} in {tries} tries; host routes: {taken}")
 
 
 def cgroup_root_name() -> str:
