@@ -169,10 +169,11 @@ def _prepare(ctx: InitContext) -> _Prepared:
 
 
 def _userns(plan: ContainerPlan) -> mounts.IdMap | None:
-    """The pod's user namespace. The init sets everything up as host root in namespaces owned by the host
-    (so /proc, /sys, mqueue and devpts mount as usual) and joins the user namespace last, just before
-    switching user: the process then has capabilities only inside it, runs as the mapped host ids, and
-    sees the image through idmapped layers."""
+    """The pod's user namespace. The init sets everything up as host root (which owns that user namespace,
+    so it may also act on the pod's netns inside it) in a mount namespace owned by the host, so /proc,
+    /sys, mqueue and devpts mount as usual and the container can mount nothing; it joins the user
+    namespace last, just before switching user: the process then has capabilities only inside it, runs
+    as the mapped host ids, and sees the image through idmapped layers."""
     root = plan.host_root()
     if root is None:
         return None
