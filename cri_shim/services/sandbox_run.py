@@ -28,7 +28,7 @@ from cri_shim.services.undo import UndoStack
 from cri_shim.store.sandbox import Sandbox, SandboxState, sandbox_name
 from cri_shim.types import SandboxId
 from runtime import base
-from runtime.linux import netns, userns_netns
+from runtime.linux import netns
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +184,9 @@ async def _create(state: RuntimeState, config: pb.PodSandboxConfig, handler: str
                 uids, gids = userns_mappings(config)
                 if uids:
                     # Owned by the pod's user namespace, so its root has CAP_NET_* over its own network.
-                    await userns_netns.create_async(netns_path, [(m.container_id, m.host_id, m.size) for m in uids],
-                                                    [(m.container_id, m.host_id, m.size) for m in gids])
+                    await netns.create_in_new_userns_async(
+                        netns_path, [(m.container_id, m.host_id, m.size) for m in uids],
+                        [(m.container_id, m.host_id, m.size) for m in gids])
                 else:
                     await netns.create_async(netns_path)
             await fp.hit("sandbox_run.after_netns")

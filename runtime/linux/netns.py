@@ -31,6 +31,7 @@ import functools
 import os
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,7 @@ IFF_UP = 0x1
 IFREQ = struct.Struct("16sH22x")  # struct ifreq: name + ifr_flags, padded to 40 bytes
 # The namespace file of the calling thread (not the process: the process stays in the host netns).
 THREAD_NETNS = b"/proc/thread-self/ns/net"
+USERNS_HELPER_TIMEOUT = 20.0
 
 
 class NetnsFailure(RuntimeFailure):
@@ -183,14 +185,40 @@ def _prepare_pin_file(path: Path) -> None:
     os.close(fd)
 
 
-def prepare_pin_file(path: Path) -> None:
-    """The empty file a namespace is pinned on (for pins made elsewhere, e.g. runtime.linux.userns_netns)."""
+def _map_text(ranges: list[tuple[int, int, int]]) -> str:
+    return "".join(f"{inside} {outside} {size}\n" for inside, outside, size in ranges)
+
+
+async def create_in_new_userns_async(path: Path, uid_ranges: list[tuple[int, int, int]],
+                                     gid_ranges: list[tuple[int, int, int]]) -> Path:
+    """A new netns at `path` (a new file) owned by a new user namespace with these (container id, host id,
+    size) ranges, loopback up. Made by the exec'd helper runtime.linux.userns_netns (see there why). On
+    failure nothing is left (no mount, no file) and NetnsFailure says why."""
     _prepare_pin_file(path)
-
-
-def set_loopback_up() -> None:
-    """Bring lo up in the calling thread's network namespace."""
-    _set_loopback_up()
+    repo_root = str(Path(__file__).resolve().parents[2])
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": repo_root,
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-S", "-m", "runtime.linux.userns_netns", str(path), _map_text(uid_ranges),
+            _map_text(gid_ranges), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, env=env, cwd="/", start_new_session=True)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), USERNS_HELPER_TIMEOUT)
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        if proc.returncode != 0:
+            reason = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+            raise NetnsFailure(f"cannot create the pod's network namespace in a user namespace: {reason[0]}")
+        # Host root owns the new user namespace, so it may enter the netns from here.
+        await run_in_netns_async(path, _set_loopback_up)
+    except BaseException:
+        remove(path)
+        raise
+    return path
 
 
 def create(path: Path, *, loopback_up: bool = True) -> Path:

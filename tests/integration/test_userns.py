@@ -26,7 +26,7 @@ from tests.conftest import stop_and_clean
 from tests.harness.daemon import Daemon
 from tests.harness.lifecycle_env import (BUSYBOX, CONFLIST, NGINX, Cri, Mirror, container_config, lifecycle_daemon,
                                          pod_config, rpc_error, start_mirror, wait_for)
-from runtime.linux import netns, userns_netns
+from runtime.linux import netns
 
 BRIDGE = "cstuserns0"
 SUBNET = "10.231.0.0/16"
@@ -380,14 +380,14 @@ def test_netns_helper_failure_leaves_no_pin(tmp_path: Path) -> None:
     """The kernel refuses an empty range: the helper fails, the error says which map, nothing is left."""
     pin = tmp_path / "netns"
     with pytest.raises(netns.NetnsFailure, match="uid_map") as e:
-        asyncio.run(userns_netns.create_async(pin, [(0, HOST_ID, 0)], [(0, HOST_ID, SIZE)]))
+        asyncio.run(netns.create_in_new_userns_async(pin, [(0, HOST_ID, 0)], [(0, HOST_ID, SIZE)]))
     assert "refused" in e.value.message
     assert not pin.exists() and str(pin) not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_netns_helper_makes_a_netns_owned_by_a_new_user_namespace(tmp_path: Path) -> None:
     pin = tmp_path / "netns"
-    asyncio.run(userns_netns.create_async(pin, [(0, HOST_ID, SIZE)], [(0, HOST_ID, SIZE)]))
+    asyncio.run(netns.create_in_new_userns_async(pin, [(0, HOST_ID, SIZE)], [(0, HOST_ID, SIZE)]))
     try:
         fd = os.open(pin, os.O_RDONLY)
         try:
