@@ -483,12 +483,42 @@ class Shim:
         owner = self._netns_owner()
         if owner >= 0:
             try:
+                self._check_maps(owner)
                 sc.mount(f"/proc/self/fd/{owner}", pin, None, sc.MS_BIND)
             finally:
                 os.close(owner)
             self.pod_ns["user"] = pin
             return
         self._make_userns(pin)
+
+    def _check_maps(self, userns_fd: int) -> None:
+        """The netns' user namespace must map exactly the pod's ranges (the containers' OCI mappings, used
+        for the idmapped layers and the upper dir's owner, are these). A child enters it and reads its own
+        maps, which show the ranges relative to the host."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                sc.setns(userns_fd, sc.CLONE_NEWUSER)
+                with open("/proc/self/uid_map") as u, open("/proc/self/gid_map") as g:
+                    os.write(w, json.dumps([u.read(), g.read()]).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        try:
+            with os.fdopen(r, "rb") as f:
+                data = f.read()
+        finally:
+            os.waitpid(pid, 0)
+        want = [[list(m) for m in self.config.uid_mappings], [list(m) for m in self.config.gid_mappings]]
+        try:
+            got = [[[int(x) for x in line.split()] for line in text.splitlines()] for text in json.loads(data)]
+        except ValueError:
+            got = []
+        if got != want:
+            raise ShimError(proto.INVALID_SPEC, f"the pod netns' user namespace maps {got or 'nothing readable'}, "
+                            f"not the pod's {want}", "linux.uid_mappings")
 
     def _netns_owner(self) -> int:
         """fd of the user namespace owning the pod's netns, if that is not the host's; else -1."""
