@@ -354,8 +354,10 @@ def test_userns_pods_root_owns_its_network_namespace(cri: Cri) -> None:
     cid = cri.run(sid, cfg)
     # The netns belongs to the pod's user namespace: capabilities granted inside it work on the pod's own
     # network (NET_ADMIN: change a link; NET_BIND_SERVICE, a default one: listen on port 80)...
+    listening = "cat /proc/net/tcp /proc/net/tcp6 | grep -c ':0050 '"
     r = cri.exec_sync(cid, ["sh", "-c", "ip link set lo mtu 9000 && ip link show lo | grep -o 'mtu [0-9]*'; "
-                                        "nc -l -p 80 & sleep 0.3; cat /proc/net/tcp /proc/net/tcp6 | grep -c ':0050 '"])
+                                        f"nc -l -p 80 & for i in $(seq 100); do {listening} >/dev/null && break; "
+                                        f"sleep 0.05; done; {listening}"])
     assert r.stdout.split() == [b"mtu", b"9000", b"1"], (r.stdout, r.stderr)
     # ... and a container without them has none (the default set has no NET_ADMIN).
     plain = cri.run(sid, userns_container(pod, ["sleep", "1000"], name="plain"))
