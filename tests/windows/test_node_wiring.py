@@ -47,6 +47,6 @@ def test_building_the_real_backends_off_windows_is_refused_clearly() -> None:
 
 @pytest.mark.windows_only
 def test_the_real_backends_load_on_windows_server_2022() -> None:
-    from runtime.linux.logs import CriLogWriter
+    from runtime.logs import CriLogWriter
     backends = build_backends(C.load(None), lambda path: CriLogWriter(path))
     assert [b.name for b in backends] == ["runhcs-wcow-process", "runhcs-wcow-hypervisor"]
