@@ -258,6 +258,7 @@ class Daemon:
     async def _serve(self, ctx: DaemonContext) -> None:
         server = self._server = self._build_server(ctx)
         endpoint = await (self._bind_tcp(server) if self.windows_host else self._bind(server))
+        stopped = False
         try:
             self._install_signal_handlers()
             await server.start()
@@ -271,7 +272,10 @@ class Daemon:
             if self._relay is not None:
                 await self._relay.close()
             await server.stop(self.config.server.shutdown_timeout)
+            stopped = True
         finally:
+            if not stopped:   # a start-up step after start() failed: no RPC may outlive the daemon
+                await server.stop(0)
             if not self.windows_host:
                 self._unlink_socket()
 
