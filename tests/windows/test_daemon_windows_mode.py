@@ -95,3 +95,35 @@ def test_windows_mode_fails_start_up_clearly_when_the_pipe_relay_cannot_start() 
             asyncio.run(Daemon(cfg, windows_host=True).run())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.windows_only
+def test_the_daemon_serves_crictl_over_the_named_pipe_on_windows(tmp_path: Path) -> None:
+    """On a Windows node: `python -m cri_shim serve` starts (its whole import graph loads), kubelet's
+    npipe endpoint answers through the relay, a HostProcess pod runs, and CTRL_BREAK stops the daemon."""
+    import signal
+    import subprocess
+    import sys
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(toml({"server": {"root": str(tmp_path / "root"), "state": str(tmp_path / "state")},
+                            "windows": {"state_dir": str(tmp_path / "windows"), "grpc_port": port,
+                                        "pipe": "\\\\.\\pipe\\cst-winwire", "owner": "cst-winwire"}}))
+    flags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+    daemon = subprocess.Popen([sys.executable, "-m", "cri_shim", "serve", "--config", str(config)],
+                              creationflags=flags)
+    try:
+        pod_json = tmp_path / "pod.json"
+        pod_json.write_text(json.dumps({"metadata": {"name": "hpc", "namespace": "w", "uid": "u"},
+                                        "windows": {"security_context": {"host_process": True}}}))
+        crictl = ["crictl", "--runtime-endpoint", "npipe:////./pipe/cst-winwire", "--timeout", "30"]
+        for _ in range(100):
+            if subprocess.run([*crictl, "version"], capture_output=True).returncode == 0:
+                break
+            asyncio.run(asyncio.sleep(0.1))
+        pod = subprocess.run([*crictl, "runp", str(pod_json)], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        subprocess.run([*crictl, "rmp", "-f", pod], check=True)
+    finally:
+        daemon.send_signal(getattr(signal, "CTRL_BREAK_EVENT", signal.SIGTERM))
+        assert daemon.wait(30) == 0
