@@ -70,7 +70,8 @@ def _mkdir(path: Path, mode: int, what: str) -> None:
     if not path.is_dir():
         raise StartupError(f"{what} path {path} exists and is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
-        raise StartupError(f"{what} directory {path} is not writable by this user (uid {os.getuid()})")
+        who = f" (uid {os.getuid()})" if hasattr(os, "getuid") else ""   # Windows has no uids
+        raise StartupError(f"{what} directory {path} is not writable by this user{who}")
 
 
 def _lock(path: Path, what: str) -> int:

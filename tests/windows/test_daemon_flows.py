@@ -348,3 +348,27 @@ def test_a_failed_windows_create_container_deletes_the_compute_system_and_unmoun
         assert not any((d.daemon.root / "containers").iterdir())
     finally:
         _finish(d)
+
+
+def test_after_a_daemon_crash_windows_pods_are_recovered_from_their_records(wd: WinDaemon) -> None:
+    # The fake HCS lives in the daemon's memory, so kill -9 loses every compute system: the restarted daemon
+    # must find its Windows records, report the lost container as exited (255) and still clean everything up.
+    pod_json = wd.write("pod.json", pod_config("crash"))
+    ctr_json = wd.write("ctr.json", container_config("crash", wd.image))
+    pod = wd.crictl("runp", "--runtime", HANDLER_PROCESS, pod_json)
+    cid = wd.crictl("create", pod, ctr_json, pod_json)
+    wd.crictl("start", cid)
+    wd.daemon.kill9()
+    wd.daemon.start()
+    status = json.loads(wd.crictl("inspect", cid))["status"]
+    assert (status["state"], status["exitCode"]) == ("CONTAINER_EXITED", 255)
+    assert json.loads(wd.crictl("inspectp", pod))["status"]["runtimeHandler"] == HANDLER_PROCESS
+    wd.crictl("rm", cid)
+    wd.crictl("stopp", pod)
+    wd.crictl("rmp", pod)
+    assert wd.crictl("pods", "-q") == "" and wd.crictl("ps", "-aq") == ""
+    assert [c[0] for c in wd.cni_calls()] == ["ADD", "DEL"]
+    report = wd.report()      # the second daemon's fake: it never saw the lost system
+    assert report["problems"] == []
+    assert not any((wd.daemon.root / "containers").iterdir())
+    assert not any((wd.daemon.state / "windows" / "process" / "pods").iterdir())
