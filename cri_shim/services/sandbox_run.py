@@ -100,6 +100,7 @@ async def run_pod_sandbox(state: RuntimeState, request: pb.RunPodSandboxRequest)
         validate_metadata(config)
         windows_pods.validate_sandbox(config, handler)
         sandbox_files.check_hostname(config.hostname)
+        sandbox_files.check_dns(config.dns_config)
     else:
         validate(config)
     state.backend(handler)  # unknown handler: NotFound before anything is made

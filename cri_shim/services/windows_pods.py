@@ -47,7 +47,7 @@ def is_windows_request(state: RuntimeState, handler: str, config: pb.PodSandboxC
     """Whether RunPodSandbox makes a Windows pod; `windows` settings on a Linux handler are refused."""
     if handler in state.windows.names:
         return True
-    if config.HasField("windows"):
+    if config.HasField("windows") and handler in state.handlers:
         known = ", ".join(sorted(state.windows.names)) or "none on this node"
         raise InvalidArgument(f"config.windows: runtime handler {handler!r} runs Linux pods; a Windows pod needs a "
                               f"Windows runtime handler ({known})")
@@ -128,10 +128,15 @@ def pod_of(sb: Sandbox) -> windows_mapping.WindowsPod:
                                       spec=sandbox_spec(sb, hostname).windows or base.WindowsSandboxSpec())
 
 
+def _resolve(path: str) -> str:
+    """Host paths of mounts, resolved on Windows (symlinks, junctions); kept as given elsewhere (the fake node)."""
+    return os.path.realpath(path) if os.name == "nt" else path
+
+
 def container_spec(config: pb.ContainerConfig, sb: Sandbox, image: ContainerImage, scratch: str) -> dict[str, Any]:
     """config.json of a Windows container: the image's layers (base first) with the scratch on top."""
     return windows_mapping.container_spec(config, pod_of(sb), image_of(image), [*image.layers, scratch],
-                                          resolve=os.path.realpath)
+                                          resolve=_resolve)
 
 
 def resources_record(r: pb.WindowsContainerResources) -> dict[str, Any]:

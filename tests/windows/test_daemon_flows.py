@@ -70,11 +70,15 @@ def test_process_isolated_pod_runs_through_crictl_with_the_documented_hcs_calls(
         wd: WinDaemon, hcs_21h2: ClosedWorld, oci_windows: OciWindowsSchema) -> None:
     logs = wd.daemon.workdir / "logs"
     pod_json = wd.write("pod.json", pod_config("web", log_dir=logs))
-    ctr_json = wd.write("ctr.json", container_config("web", wd.image))
+    web = container_config("web", wd.image)
+    web["mounts"] = [{"host_path": "C:\\data", "container_path": "C:\\data", "readonly": True},
+                     {"host_path": "\\\\.\\pipe\\docker_engine", "container_path": "\\\\.\\pipe\\docker_engine"}]
+    ctr_json = wd.write("ctr.json", web)
     pod = wd.crictl("runp", "--runtime", HANDLER_PROCESS, pod_json)
     cid = wd.crictl("create", pod, ctr_json, pod_json)
     wd.crictl("start", cid)
     assert wd.crictl("exec", "-s", cid, "cmd", "/c", "echo", "hello-windows") == "hello-windows"
+    assert wd.crictl("exec", cid, "cmd", "/c", "echo", "streamed") == "streamed"   # through the streaming server
     status = json.loads(wd.crictl("inspectp", pod))["status"]
     assert (status["state"], status["network"]["ip"], status["linux"]) == ("SANDBOX_READY", POD_IP, None)
     spec = json.loads(wd.crictl("inspect", cid))["info"]["runtimeSpec"]
@@ -83,6 +87,8 @@ def test_process_isolated_pod_runs_through_crictl_with_the_documented_hcs_calls(
     scratch = str(wd.daemon.root / "containers" / cid / "scratch")
     assert spec["windows"]["layerFolders"][-1] == scratch and len(spec["windows"]["layerFolders"]) == 3
     assert spec["process"]["args"] == ["ping", "-t", "localhost"] and spec["process"]["cwd"] == "C:\\app"
+    assert spec["mounts"] == [{"source": "C:\\data", "destination": "C:\\data", "options": ["ro"]},
+                              {"source": "\\\\.\\pipe\\docker_engine", "destination": "\\\\.\\pipe\\docker_engine"}]
     wd.crictl("stop", "--timeout", "10", cid)
     assert list(lines(logs / "web.log")) == ["stdout F Pinging localhost"]
     wd.crictl("rm", cid)
@@ -102,6 +108,8 @@ def test_process_isolated_pod_runs_through_crictl_with_the_documented_hcs_calls(
         f"HcsCreateProcess {cid} ping -t localhost",
         f"HcsCreateProcess {cid} cmd /c echo hello-windows",
         "HcsCloseProcess 4004",
+        f"HcsCreateProcess {cid} cmd /c echo streamed",
+        "HcsCloseProcess 4008",
         "HcsSignalProcess 4000 CtrlShutdown",
         f"HcsShutDownComputeSystem {cid}",
         "HcsCloseProcess 4000",
@@ -110,6 +118,10 @@ def test_process_isolated_pod_runs_through_crictl_with_the_documented_hcs_calls(
     ]
     created = [doc for definition, doc in report["documents"] if definition == "ComputeSystem"]
     assert [d["Container"]["Networking"]["Namespace"] for d in created] == [namespace]
+    container = created[0]["Container"]
+    assert container["MappedDirectories"] == [{"HostPath": "C:\\data", "ContainerPath": "C:\\data", "ReadOnly": True}]
+    assert container["MappedPipes"] == [{"ContainerPipeName": "docker_engine", "HostPath": "\\\\.\\pipe\\docker_engine"}]
+    assert container["GuestOs"] == {"HostName": "web"}
     assert_documents_valid(report, hcs_21h2)
 
 
@@ -161,6 +173,7 @@ def test_hyperv_pod_boots_a_utility_vm_and_hosts_its_container(wd: WinDaemon, hc
     uvm = f"{pod}@vm"
     uvm_scratch = str(wd.daemon.state / "windows" / "hyperv" / "uvm" / pod / "sandbox.vhdx")
     vhd = str(wd.daemon.root / "containers" / cid / "scratch" / "sandbox.vhdx")
+    print(hcs_calls(report))
     assert hcs_calls(report) == [
         f"HcsGrantVmAccess {uvm} {uvm_scratch}",
         f"HcsCreateComputeSystem {uvm}",
