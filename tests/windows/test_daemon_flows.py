@@ -385,3 +385,25 @@ def test_after_a_daemon_crash_windows_pods_are_recovered_from_their_records(wd: 
     assert report["problems"] == []
     assert not any((wd.daemon.root / "containers").iterdir())
     assert not any((wd.daemon.state / "windows" / "process" / "pods").iterdir())
+
+
+def test_a_crash_in_the_middle_of_a_windows_run_pod_sandbox_is_rolled_back_at_restart(
+        wd: WinDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    wd.daemon.stop()
+    monkeypatch.setenv("CRI_SHIM_FAILPOINTS", "sandbox_run.after_network=kill")
+    wd.daemon.start()
+    monkeypatch.delenv("CRI_SHIM_FAILPOINTS")
+    client = wd.daemon.client()
+    try:
+        with pytest.raises(grpc.RpcError):
+            _run_pod(client, "torn")
+    finally:
+        client.close()
+    assert wd.daemon.proc is not None and wd.daemon.proc.wait(10) != 0
+    [(command, sandbox, namespace)] = wd.cni_calls()
+    assert command == "ADD"
+    wd.daemon.start()   # recovery finds the CREATING record of a Windows pod: CNI DEL with its GUID, namespace
+    assert wd.crictl("pods", "-q") == ""
+    assert wd.cni_calls()[1:] == [["DEL", sandbox, namespace]]
+    assert not any((wd.daemon.root / "sandboxes").iterdir())
+    assert wd.report()["problems"] == []
