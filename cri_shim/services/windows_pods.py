@@ -47,7 +47,8 @@ def is_windows_request(state: RuntimeState, handler: str, config: pb.PodSandboxC
     """Whether RunPodSandbox makes a Windows pod; `windows` settings on a Linux handler are refused."""
     if handler in state.windows.names:
         return True
-    if config.HasField("windows") and handler in state.handlers:
+    if config.HasField("windows"):
+        state.backend(handler)   # an unknown handler is NotFound, as for any pod
         known = ", ".join(sorted(state.windows.names)) or "none on this node"
         raise InvalidArgument(f"config.windows: runtime handler {handler!r} runs Linux pods; a Windows pod needs a "
                               f"Windows runtime handler ({known})")

@@ -283,6 +283,9 @@ def test_bad_windows_requests_are_refused_naming_the_field_and_leave_nothing(wd:
         linux_pod.windows.security_context.run_as_username = "ContainerUser"
         code, message = _code(client.runtime.RunPodSandbox, pb.RunPodSandboxRequest(config=linux_pod))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "config.windows" in message and HANDLER_PROCESS in message
+        code, message = _code(client.runtime.RunPodSandbox,
+                              pb.RunPodSandboxRequest(config=linux_pod, runtime_handler="runhcs-wcow-nope"))
+        assert code == grpc.StatusCode.NOT_FOUND and "runhcs-wcow-nope" in message
         hpc = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="h", namespace="winwire", uid="h"))
         hpc.windows.security_context.host_process = True
         code, message = _code(client.runtime.RunPodSandbox,
