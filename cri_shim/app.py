@@ -4,17 +4,23 @@ Startup order matters: the root lock and the socket lock are taken before
 anything is written, so a second instance fails without touching the first
 one's files; the socket is bound last, so a client that can connect finds a
 daemon that is ready.
+
+On a Windows node (`windows_host`) the daemon serves gRPC on
+tcp://127.0.0.1:<windows.grpc_port> (grpcio cannot serve named pipes) and
+starts the named-pipe relay kubelet dials; there is no unix socket and none of
+the Linux-only setup (flock, umask, chmod, host probes, the native Linux
+runtime). SIGBREAK (the service wrapper's CTRL_BREAK) and SIGINT stop it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import signal
 import socket
 import stat
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -30,11 +36,12 @@ from cri_shim.server.image_service import ImageService
 from cri_shim.server.interceptor import CriInterceptor
 from cri_shim.server.metrics import Metrics
 from cri_shim.server.runtime_service import RuntimeService
+from cri_shim import windows_node
 from cri_shim.services import container_exits, restart
 from cri_shim.services.failpoints import Failpoints
 from cri_shim.services.phases import PhaseTimers
 from cri_shim.network.manager import PodNetworkManager
-from cri_shim.services.runtime_state import RuntimeState
+from cri_shim.services.runtime_state import RuntimeState, WindowsHandlers
 from cri_shim.services.status import HandlerInfo
 from cri_shim.services.stream_target import LifecycleStreamTarget
 from cri_shim.store import container as container_store
@@ -42,9 +49,11 @@ from cri_shim.store import sandbox as sandbox_store
 from cri_shim.store.db import MetadataStore
 from cri_shim.store.records import RecordStore
 from cri_shim.streaming import StreamingServer
+from cri_shim.windows_mapping import HANDLER_PROCESS
+from cri_shim.windows_relay import Relay
 from runtime import base
 from runtime.linux import host as linux_host
-from runtime.linux.backend import LinuxBackend
+from runtime.logs import CriLogWriter
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +70,13 @@ def _mkdir(path: Path, mode: int, what: str) -> None:
     if not path.is_dir():
         raise StartupError(f"{what} path {path} exists and is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
-        raise StartupError(f"{what} directory {path} is not writable by this user (uid {os.getuid()})")
+        who = f" (uid {os.getuid()})" if hasattr(os, "getuid") else ""   # Windows has no uids
+        raise StartupError(f"{what} directory {path} is not writable by this user{who}")
 
 
 def _lock(path: Path, what: str) -> int:
     """Take an exclusive flock on `path`; the fd lives as long as the daemon."""
+    import fcntl   # Linux only (the Windows daemon takes no flock)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
@@ -119,26 +130,38 @@ def sd_notify(message: str) -> None:
         s.sendall(message.encode())
 
 
+def windows_host_report() -> linux_host.HostReport:
+    """Status' host section on a Windows node: none of the Linux kernel features apply."""
+    return linux_host.HostReport(cgroup_mode=linux_host.CgroupMode.NONE, cgroup_controllers=(), overlayfs=False,
+                                 seccomp_kernel=False, libseccomp=None, user_namespaces=False,
+                                 idmapped_mounts_kernel=False, systemd_pid1=False, kernel=sys.platform)
+
+
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, windows_host: bool = sys.platform == "win32") -> None:
         self.config = config
+        self.windows_host = windows_host
         self._stop = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._network: PodNetworkManager | None = None
         self._network_watch: asyncio.Future[None] | None = None
+        self._windows: windows_node.WindowsNode | None = None
+        self._relay: Relay | None = None
+        self.bound_port = 0          # the TCP port gRPC listens on (Windows)
 
     def _prepare(self, resources: ExitStack) -> DaemonContext:
         cfg = self.config
         _mkdir(cfg.root_dir, 0o700, "root")
         _mkdir(cfg.state_dir, 0o700, "state")
-        prepare_socket_dir(cfg.socket_path)
-        for fd in (_lock(cfg.root_dir / "cri-shim.lock", f"root directory {cfg.root_dir}"),
-                   _lock(cfg.socket_path.with_name(cfg.socket_path.name + ".lock"), f"socket {cfg.socket_path}")):
-            resources.callback(os.close, fd)
+        if not self.windows_host:
+            prepare_socket_dir(cfg.socket_path)
+            for fd in (_lock(cfg.root_dir / "cri-shim.lock", f"root directory {cfg.root_dir}"),
+                       _lock(cfg.socket_path.with_name(cfg.socket_path.name + ".lock"), f"socket {cfg.socket_path}")):
+                resources.callback(os.close, fd)
         for sub in ("content", "snapshots"):
             _mkdir(cfg.root_dir / sub, 0o700, sub)
-        host = linux_host.probe()
-        if cfg.runtime.cgroup_driver == "systemd" and not host.systemd_pid1:
+        host = windows_host_report() if self.windows_host else linux_host.probe()
+        if not self.windows_host and cfg.runtime.cgroup_driver == "systemd" and not host.systemd_pid1:
             raise StartupError("runtime.cgroup_driver = \"systemd\" but systemd is not running as PID 1 on this host; "
                                "use \"cgroupfs\" (and kubelet's cgroupDriver: cgroupfs)")
         for problem in host.problems:
@@ -153,25 +176,41 @@ class Daemon:
         network = self._network = PodNetworkManager(cfg, store, registry=metrics.registry)
         resources.callback(network.close)
         handlers = self._handlers()
+        windows = self._windows
         lifecycle = RuntimeState(
             config=cfg, images=images, handlers=handlers, network=network,
             sandboxes=RecordStore(store, sandbox_store.TABLE, sandbox_store.Sandbox.from_row),
             containers=RecordStore(store, container_store.TABLE, container_store.Container.from_row),
-            failpoints=Failpoints.from_config(cfg.lifecycle.failpoints), phases=PhaseTimers(metrics.registry))
+            failpoints=Failpoints.from_config(cfg.lifecycle.failpoints), phases=PhaseTimers(metrics.registry),
+            windows=WindowsHandlers(frozenset(n for n, b in handlers.items() if windows and b in windows.backends),
+                                    windows.namespaces if windows else None))
         info = [HandlerInfo(name=name, recursive_read_only_mounts=b.features.recursive_read_only_mounts,
                             user_namespaces=b.features.user_namespaces) for name, b in handlers.items()]
         return DaemonContext(config=cfg, store=store, host=host, metrics=metrics, images=images,
                              lifecycle=lifecycle, handlers=info)
 
     def _handlers(self) -> dict[str, base.Backend]:
-        """Runtime handlers: "" is the native Linux runtime (the only one wired through the pod shim yet)."""
+        """Runtime handlers. Linux: "" is the native Linux runtime. Windows: one backend per Windows handler,
+        and "" is process isolation (kubelet's pods without a RuntimeClass), as in containerd. The test-only
+        `windows.test_fake_hcs` adds the Windows handlers, on fakes, next to the Linux runtime."""
         cfg = self.config
-        try:
-            native = LinuxBackend(cfg.state_dir, cgroup_driver=cfg.runtime.cgroup_driver,
-                                  log_level=cfg.server.log_level)
-        except base.RuntimeFailure as e:
-            raise StartupError(f"cannot set up the native Linux runtime: {e.message}") from None
-        return {"": native}
+        handlers: dict[str, base.Backend] = {}
+        if not self.windows_host:
+            from runtime.linux.backend import LinuxBackend   # Linux only: imports the pod shim's syscalls
+            try:
+                handlers[""] = LinuxBackend(cfg.state_dir, cgroup_driver=cfg.runtime.cgroup_driver,
+                                            log_level=cfg.server.log_level)
+            except base.RuntimeFailure as e:
+                raise StartupError(f"cannot set up the native Linux runtime: {e.message}") from None
+        if self.windows_host or cfg.windows.test_fake_hcs:
+            try:
+                node = self._windows = windows_node.build_node(cfg, lambda path: CriLogWriter(path))
+            except base.RuntimeFailure as e:
+                raise StartupError(f"cannot set up the Windows runtime: {e.message}") from None
+            handlers.update(node.handlers())
+            if self.windows_host:
+                handlers[""] = handlers[HANDLER_PROCESS]
+        return handlers
 
     async def _start_lifecycle(self, ctx: DaemonContext) -> StreamingServer:
         """Recover pods and containers, subscribe to exits, start the streaming server."""
@@ -196,6 +235,8 @@ class Daemon:
         await streaming.stop()
         for backend in {id(b): b for b in ctx.lifecycle.handlers.values()}.values():
             await backend.close()   # disconnects from the pod shims; containers keep running
+        if self._windows is not None:
+            self._windows.close()
 
     async def run(self) -> None:
         with ExitStack() as resources:
@@ -217,18 +258,49 @@ class Daemon:
 
     async def _serve(self, ctx: DaemonContext) -> None:
         server = self._server = self._build_server(ctx)
-        await self._bind(server)
+        endpoint = await (self._bind_tcp(server) if self.windows_host else self._bind(server))
+        stopped = False
         try:
             self._install_signal_handlers()
             await server.start()
-            log.info("cri-shim %s serving CRI on unix://%s", __version__, self.config.socket_path)
+            if self.windows_host:
+                await self._start_relay()
+            log.info("cri-shim %s serving CRI on %s", __version__, endpoint)
             sd_notify("READY=1")
             await self._stop.wait()
             sd_notify("STOPPING=1")
             log.info("stopping (grace %.1fs)", self.config.server.shutdown_timeout)
+            if self._relay is not None:
+                await self._relay.close()
             await server.stop(self.config.server.shutdown_timeout)
+            stopped = True
         finally:
-            self._unlink_socket()
+            if not stopped:   # a start-up step after start() failed: no RPC may outlive the daemon
+                await server.stop(0)
+            if not self.windows_host:
+                self._unlink_socket()
+
+    def request_stop(self) -> None:
+        """Stop as SIGTERM would (the service host and in-process tests)."""
+        self._stop.set()
+
+    async def _bind_tcp(self, server: grpc.aio.Server) -> str:
+        """Windows: loopback TCP only (kubelet reaches it directly or through the pipe relay)."""
+        address = windows_node.grpc_address(self.config)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise StartupError(f"cannot listen on tcp://{address}: {e}") from None
+        if not port:
+            raise StartupError(f"cannot listen on tcp://{address} (in use?); set windows.grpc_port")
+        self.bound_port = port
+        return f"tcp://127.0.0.1:{port}"
+
+    async def _start_relay(self) -> None:
+        try:
+            self._relay = await windows_node.start_relay(self.config, self.bound_port)
+        except (OSError, RuntimeError) as e:
+            raise StartupError(f"cannot serve the named pipe {self.config.windows.pipe}: {e}") from None
 
     def _build_server(self, ctx: DaemonContext) -> grpc.aio.Server:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -239,7 +311,7 @@ class Daemon:
         api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(ctx), server)  # type: ignore[no-untyped-call]
         return server
 
-    async def _bind(self, server: grpc.aio.Server) -> None:
+    async def _bind(self, server: grpc.aio.Server) -> str:
         sock = self.config.socket_path
         remove_stale_socket(sock)
         # Bind with a restrictive umask so the socket is never briefly world-connectable.
@@ -251,6 +323,7 @@ class Daemon:
         finally:
             os.umask(old)
         os.chmod(sock, SOCKET_MODE)
+        return f"unix://{sock}"
 
     def _unlink_socket(self) -> None:
         try:
@@ -260,6 +333,12 @@ class Daemon:
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
+        if sys.platform == "win32":
+            # The proactor loop has no add_signal_handler; the C handler only schedules work on the loop.
+            for sig in (signal.SIGINT, getattr(signal, "SIGBREAK")):
+                signal.signal(sig, lambda signum, _frame: loop.call_soon_threadsafe(
+                    self._on_signal, signal.Signals(signum)))
+            return
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
 

@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import json
 import re
+import sys
 import tomllib
 import types
 import typing
@@ -136,6 +137,11 @@ class WindowsConfig:
     uvm_memory_mb: int = _doc("Hyper-V handler: memory of each pod's utility VM, in MiB.", 1024)
     operation_timeout: float = _doc("Seconds an HCS create/start may take before it is cancelled (hcsshim: 240).",
                                     240.0)
+    test_fake_hcs: str = _doc("TEST ONLY, never on a node: a directory. When set (on Linux), the Windows runtime "
+                              "handlers are registered on the fake HCS/HCN/layers/job objects of "
+                              "runtime/windows/testing (in this daemon's memory, state under server.state), so CRI "
+                              "flows for Windows pods can be tested; what the fake saw is written to "
+                              "<dir>/fake-hcs.json at shutdown. \"\" = off (the default).", "")
 
 
 @dataclass(frozen=True)
@@ -363,6 +369,9 @@ def _validate_windows(w: WindowsConfig, source: str) -> None:
         raise ConfigError(f"{source}: windows.uvm_memory_mb: must be >= 256, got {w.uvm_memory_mb}")
     if w.operation_timeout <= 0:
         raise ConfigError(f"{source}: windows.operation_timeout: must be > 0 seconds, got {w.operation_timeout}")
+    if w.test_fake_hcs and (not w.test_fake_hcs.startswith("/") or sys.platform == "win32"):
+        raise ConfigError(f"{source}: windows.test_fake_hcs: a test-only switch for Linux test runs; it takes an "
+                          f"absolute directory and is refused on Windows, got {w.test_fake_hcs!r}")
 
 
 def _validate_lifecycle(lc: LifecycleConfig, source: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ CNI = "cni"
 NETWORK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 NOT_READY_REASON = "NetworkPluginNotReady"
 UNLIMITED_BURST = 2**32 - 1  # bits; the burst containerd passes along with a bandwidth annotation
+HCN_NAMESPACE = re.compile(r"^[0-9A-Fa-f]{8}-([0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")   # a Windows pod's netns
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class PodNetworkManager:
 
     async def teardown_pod(self, sandbox_id: str, netns_path: Path | None) -> None:
         started = time.monotonic()
-        present = netns_path is not None and netns.is_netns(netns_path)
+        present = netns_path is not None and _netns_present(netns_path)
         kind = ""
         if await self.cni.delete(sandbox_id, netns_present=present):
             kind = CNI
@@ -217,7 +219,7 @@ class PodNetworkManager:
             undo.push("release hostPorts", lambda: asyncio.to_thread(self._alloc.release, spec.sandbox_id))
 
             async def delete() -> None:
-                await self.cni.delete(spec.sandbox_id, netns_present=netns.is_netns(netns_path))
+                await self.cni.delete(spec.sandbox_id, netns_present=_netns_present(netns_path))
             # DEL is pushed before ADD: an ADD that fails half-way has already allocated in earlier plugins.
             undo.push("CNI DEL", delete)
             call = CniCall(container_id=spec.sandbox_id, netns=str(netns_path), args=_cni_args(spec),
@@ -250,6 +252,11 @@ class PodNetworkManager:
         if spec.cgroup_parent:
             caps["cgroupPath"] = spec.cgroup_parent
         return caps
+
+
+def _netns_present(netns_path: Path) -> bool:
+    """A Linux netns pin, or a Windows pod's HCN namespace GUID (the daemon deletes that only after CNI DEL)."""
+    return bool(HCN_NAMESPACE.match(str(netns_path))) or netns.is_netns(netns_path)
 
 
 def _cni_args(spec: PodNetworkSpec) -> tuple[tuple[str, str], ...]:

@@ -13,11 +13,12 @@ import os
 import secrets
 import shutil
 import time
+from typing import Any
 
 from cri_shim.api import api_pb2 as pb
 from cri_shim.errors import AlreadyExists, CriError, FailedPrecondition, InvalidArgument, NotFound
 from cri_shim.images.store import ContainerImage
-from cri_shim.services import container_events, container_remove, container_spec, phases
+from cri_shim.services import container_events, container_remove, container_spec, phases, windows_pods
 from cri_shim.services.backend_errors import mapped
 from cri_shim.services.container_exits import record_status
 from cri_shim.services.runtime_state import RuntimeState
@@ -30,7 +31,7 @@ from runtime import base, oci
 log = logging.getLogger(__name__)
 
 
-def validate(config: pb.ContainerConfig) -> None:
+def validate(config: pb.ContainerConfig, windows: bool = False) -> None:
     meta = config.metadata
     if not meta.name:
         raise InvalidArgument("config.metadata.name is required")
@@ -41,8 +42,10 @@ def validate(config: pb.ContainerConfig) -> None:
         raise InvalidArgument("config.metadata.attempt cannot be negative")
     if not config.image.image:
         raise InvalidArgument("config.image.image is required (a tag, a digest or an image id)")
-    if config.HasField("windows"):
-        raise InvalidArgument("config.windows: this node runs Linux containers")
+    if windows:
+        windows_pods.validate_container(config)
+    elif config.HasField("windows"):
+        raise InvalidArgument("config.windows: this pod runs Linux containers (its runtime handler is a Linux one)")
     if config.CDI_devices:
         raise InvalidArgument("config.CDI_devices: CDI devices are not supported by this runtime")
     if config.stdin_once and not config.stdin:
@@ -65,7 +68,7 @@ def log_path(sb: Sandbox, config: pb.ContainerConfig) -> str:
 async def create_container(state: RuntimeState, request: pb.CreateContainerRequest) -> pb.CreateContainerResponse:
     sb = state.sandbox(request.pod_sandbox_id)
     config = request.config
-    validate(config)
+    validate(config, windows_pods.is_windows(sb))
     if sb.state is not SandboxState.READY:
         raise FailedPrecondition(f"pod sandbox {sb.id} is not ready (it was stopped); containers can only be "
                                  "created in a ready sandbox")
@@ -159,25 +162,33 @@ async def _create(state: RuntimeState, sb: Sandbox, config: pb.ContainerConfig, 
             volumes = await _use_image_volumes(state, cid, config, undo)
         await fp.hit("container_create.after_image")
 
+        windows = windows_pods.is_windows(sb)
+        scratch = str(directory / "scratch")
         with timer.time(phases.SPEC, cid):
-            built = await asyncio.to_thread(container_spec.build, cid, config, _pod_info(sb), _image_info(image),
-                                            _target_pid_ns(state, sb, config), None, volumes)
+            built: container_spec.BuiltSpec | None = None
+            if windows:
+                doc = await asyncio.to_thread(windows_pods.container_spec, config, sb, image, scratch)
+            else:
+                built = await asyncio.to_thread(container_spec.build, cid, config, _pod_info(sb),
+                                                _image_info(image), _target_pid_ns(state, sb, config), None, volumes)
+                doc = built.spec
             undo.push("remove the container dir", lambda: shutil.rmtree(directory, ignore_errors=True))
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             (directory / "scratch").mkdir(mode=0o700, exist_ok=True)
-            oci.write(bundle, built.spec)
+            oci.write(bundle, doc)
             if record.log_path:
                 os.makedirs(os.path.dirname(record.log_path), mode=0o755, exist_ok=True)
         await fp.hit("container_create.after_bundle")
 
         backend = state.backend(sb.handler)
+        stop_signal = built.stop_signal if built is not None else windows_pods.DEFAULT_STOP_SIGNAL
         spec = base.ContainerSpec(
             id=cid, sandbox_id=sb.id, bundle_dir=str(bundle),
-            rootfs=base.RootfsSpec(layers=image.layers, scratch=str(directory / "scratch"),
+            rootfs=base.RootfsSpec(layers=image.layers, scratch=scratch,
                                    readonly=config.linux.security_context.readonly_rootfs),
             stdio=base.StdioSpec(log_path=record.log_path or None, stdin=config.stdin, stdin_once=config.stdin_once,
                                  tty=config.tty),
-            stop_signal=built.stop_signal)
+            stop_signal=stop_signal)
         undo.push("delete the container from the runtime", lambda: backend.delete_container(cid))
         try:
             with timer.time(phases.CREATE, cid), mapped("cannot create the container"):
@@ -189,12 +200,17 @@ async def _create(state: RuntimeState, sb: Sandbox, config: pb.ContainerConfig, 
         if gone is not None:
             raise gone
 
-        user = {"uid": built.user.uid, "gid": built.user.gid, "groups": list(built.user.additional_gids)}
+        extra: dict[str, Any] = {"stop_signal": stop_signal, "stop_signal_cri": int(config.stop_signal),
+                                 "image_volumes": {str(i): v.image_id for i, v in volumes.items()}}
+        if built is not None:
+            user = {"uid": built.user.uid, "gid": built.user.gid, "groups": list(built.user.additional_gids)}
+            resources = built.resources
+            extra["cgroups_path"] = built.spec["linux"]["cgroupsPath"]
+        else:   # Windows: the user is a name in config.json, not uid/gid
+            user = {}
+            resources = windows_pods.resources_record(config.windows.resources)
         record = record.with_(state=ContainerState.CREATED, image_id=image.id, image_ref=image.id,
-                              resources=built.resources, user=user,
-                              extra={"stop_signal": built.stop_signal, "stop_signal_cri": int(config.stop_signal),
-                                     "image_volumes": {str(i): v.image_id for i, v in volumes.items()},
-                                     "cgroups_path": built.spec["linux"]["cgroupsPath"]})
+                              resources=resources, user=user, extra=extra)
         state.containers.put(record)
         record_status(state, status)
         undo.commit()

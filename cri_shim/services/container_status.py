@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from cri_shim.api import api_pb2 as pb
+from cri_shim.services import windows_pods
 from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.store.container import CRI_STATE, Container
 
@@ -16,6 +17,9 @@ from cri_shim.store.container import CRI_STATE, Container
 def resources_message(c: Container) -> pb.ContainerResources | None:
     if not c.resources:
         return None
+    windows = windows_pods.resources_message(c.resources)
+    if windows is not None:
+        return windows
     linux = json_format.ParseDict(c.resources, pb.LinuxContainerResources())
     return pb.ContainerResources(linux=linux)
 

@@ -61,6 +61,30 @@ class PodNetwork(Protocol):
         ...
 
 
+class HcnNamespaces(Protocol):
+    """Windows pods' HCN network namespaces (runtime.windows.network.NamespaceManager)."""
+
+    def namespace_id(self, sandbox_id: str) -> str:
+        """The namespace GUID of a pod (derived from its id, so cleanup finds it after a crash)."""
+        ...
+
+    def ensure(self, sandbox_id: str) -> str:
+        """Create the pod's namespace if it does not exist; its GUID."""
+        ...
+
+    def delete(self, namespace: str) -> None:
+        """Detach leftover endpoints and delete; a namespace that is gone is fine."""
+        ...
+
+
+@dataclass(frozen=True)
+class WindowsHandlers:
+    """Which runtime handlers run Windows pods, and their HCN namespaces (None: no HCN on this node)."""
+
+    names: frozenset[str] = frozenset()
+    namespaces: HcnNamespaces | None = None
+
+
 class StreamUrls(Protocol):
     """The streaming server's URL side (cri_shim.streaming.StreamingServer)."""
 
@@ -104,6 +128,7 @@ class RuntimeState:
     failpoints: Failpoints
     phases: PhaseTimers
     streaming: StreamUrls | None = None
+    windows: WindowsHandlers = field(default_factory=WindowsHandlers)
     events: EventBroadcaster = field(default_factory=EventBroadcaster)
     sandbox_names: NameRegistry = field(default_factory=lambda: NameRegistry("sandbox"))
     container_names: NameRegistry = field(default_factory=lambda: NameRegistry("container"))

@@ -120,7 +120,7 @@ def _cgroups_path(c: Container) -> str:
     path = c.extra.get("cgroups_path")
     if path:
         return str(path)
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, KeyError):   # KeyError: a Windows container has no cgroup
         return str(json.loads((Path(c.bundle_dir) / "config.json").read_text())["linux"]["cgroupsPath"])
     return ""
 

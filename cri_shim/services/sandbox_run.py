@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cri_shim.api import api_pb2 as pb
 from cri_shim.errors import AlreadyExists, InvalidArgument
-from cri_shim.services import container_events, phases, sandbox_files, sandbox_remove
+from cri_shim.services import container_events, phases, sandbox_files, sandbox_remove, windows_pods
 from cri_shim.services.backend_errors import mapped
 from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.services.undo import UndoStack
@@ -36,7 +36,7 @@ _NS_MODES = {pb.POD: base.NamespaceMode.POD, pb.CONTAINER: base.NamespaceMode.CO
              pb.NODE: base.NamespaceMode.NODE, pb.TARGET: base.NamespaceMode.TARGET}
 
 
-def validate(config: pb.PodSandboxConfig) -> None:
+def validate_metadata(config: pb.PodSandboxConfig) -> None:
     meta = config.metadata
     for field_name in ("name", "namespace", "uid"):
         value = getattr(meta, field_name)
@@ -47,6 +47,11 @@ def validate(config: pb.PodSandboxConfig) -> None:
                                   "(at most 253 characters, no '/', NUL or line breaks)")
     if meta.attempt < 0:
         raise InvalidArgument("config.metadata.attempt cannot be negative")
+
+
+def validate(config: pb.PodSandboxConfig) -> None:
+    """A Linux pod's config."""
+    validate_metadata(config)
     if config.log_directory and not config.log_directory.startswith("/"):
         raise InvalidArgument(f"config.log_directory: {config.log_directory!r} must be an absolute path")
     if config.HasField("windows"):
@@ -130,8 +135,15 @@ def sandbox_spec(sb: Sandbox, hostname: str) -> base.SandboxSpec:
 
 async def run_pod_sandbox(state: RuntimeState, request: pb.RunPodSandboxRequest) -> pb.RunPodSandboxResponse:
     config = request.config
-    validate(config)
     handler = request.runtime_handler
+    windows = windows_pods.is_windows_request(state, handler, config)
+    if windows:
+        validate_metadata(config)
+        windows_pods.validate_sandbox(config, handler)
+        sandbox_files.check_hostname(config.hostname)
+        sandbox_files.check_dns(config.dns_config)
+    else:
+        validate(config)
     backend = state.backend(handler)  # unknown handler: NotFound before anything is made
     if userns_mappings(config)[0] and not backend.features.user_namespaces:
         raise InvalidArgument(f"{_USERNS}: the runtime handler {handler!r} does not support user namespaces "
@@ -144,7 +156,7 @@ async def run_pod_sandbox(state: RuntimeState, request: pb.RunPodSandboxRequest)
                                 "or use a new attempt number")
 
     async def create() -> str:
-        return await _create(state, config, handler, name)
+        return await _create(state, config, handler, name, windows)
 
     async def cleanup(sandbox_id: str) -> None:
         await sandbox_remove.remove_by_id(state, sandbox_id)
@@ -153,19 +165,27 @@ async def run_pod_sandbox(state: RuntimeState, request: pb.RunPodSandboxRequest)
     return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
 
-async def _create(state: RuntimeState, config: pb.PodSandboxConfig, handler: str, name: str) -> str:
+async def _create(state: RuntimeState, config: pb.PodSandboxConfig, handler: str, name: str,
+                  windows: bool = False) -> str:
     sid = SandboxId(secrets.token_hex(32))
     fp, timer = state.failpoints, state.phases
-    host_network = config.linux.security_context.namespace_options.network == pb.NODE
+    if windows:
+        host_network = windows_pods.host_process(config)
+    else:
+        host_network = config.linux.security_context.namespace_options.network == pb.NODE
     undo = UndoStack(f"RunPodSandbox {name}")
     try:
         with timer.time(phases.RESERVE, sid):
             state.sandbox_names.reserve(name, sid)
             undo.push("release the name", lambda: state.sandbox_names.release(name, sid))
-            sb = Sandbox(id=sid, name=name, config=config, handler=handler, created_at=time.time_ns(),
-                         sandbox_dir=str(state.sandbox_dir(sid)),
-                         netns_path=None if host_network else str(state.netns_path(sid)),
-                         cgroup_parent=cgroup_parent(state, config, sid))
+            if windows:   # no Linux netns or cgroup; the HCN namespace is recorded once it exists
+                sb = Sandbox(id=sid, name=name, config=config, handler=handler, created_at=time.time_ns(),
+                             sandbox_dir=str(state.sandbox_dir(sid)), extra={windows_pods.WINDOWS: True})
+            else:
+                sb = Sandbox(id=sid, name=name, config=config, handler=handler, created_at=time.time_ns(),
+                             sandbox_dir=str(state.sandbox_dir(sid)),
+                             netns_path=None if host_network else str(state.netns_path(sid)),
+                             cgroup_parent=cgroup_parent(state, config, sid))
             state.sandboxes.add(sb)
             undo.push("delete the record", lambda: state.sandboxes.delete(sid))
         await fp.hit("sandbox_run.after_reserve")
@@ -173,10 +193,26 @@ async def _create(state: RuntimeState, config: pb.PodSandboxConfig, handler: str
         hostname = sandbox_files.pod_hostname(config)
         with timer.time(phases.SANDBOX_FILES, sid):
             undo.push("remove the sandbox dir", lambda: shutil.rmtree(sb.sandbox_dir, ignore_errors=True))
-            sandbox_files.write_sandbox_files(Path(sb.sandbox_dir), config, hostname)
+            if windows:   # Windows takes DNS from CNI and has no /etc files to bind
+                Path(sb.sandbox_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            else:
+                sandbox_files.write_sandbox_files(Path(sb.sandbox_dir), config, hostname)
         await fp.hit("sandbox_run.after_files")
 
-        if sb.netns_path is not None:
+        if windows and not host_network:
+            with timer.time(phases.NETNS, sid), mapped("cannot create the pod's HCN namespace"):
+                undo.push("delete the HCN namespace", lambda: windows_pods.delete_namespace(state, sid))
+                namespace = await windows_pods.ensure_namespace(state, sid)
+            sb = sb.with_(extra={**sb.extra, windows_pods.HCN_NAMESPACE: namespace})
+            state.sandboxes.put(sb)
+            await fp.hit("sandbox_run.after_netns")
+            with timer.time(phases.NETWORK, sid):
+                undo.push("tear down the network", lambda: state.network.teardown(sid, namespace, config))
+                ips = await state.network.setup(sid, namespace, config)
+            sb = sb.with_(ips=ips, network_ready=True)
+            state.sandboxes.put(sb)
+            await fp.hit("sandbox_run.after_network")
+        elif sb.netns_path is not None:
             netns_path = Path(sb.netns_path)
             with timer.time(phases.NETNS, sid), mapped("cannot create the pod's network namespace"):
                 netns_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -202,7 +238,8 @@ async def _create(state: RuntimeState, config: pb.PodSandboxConfig, handler: str
         backend = state.backend(handler)
         with timer.time(phases.SHIM_SPAWN, sid), mapped("cannot start the pod sandbox"):
             undo.push("remove the sandbox from the runtime", lambda: backend.remove_sandbox(sid))
-            status = await backend.create_sandbox(sandbox_spec(sb, hostname))
+            spec = windows_pods.sandbox_spec(sb, hostname) if windows else sandbox_spec(sb, hostname)
+            status = await backend.create_sandbox(spec)
         await fp.hit("sandbox_run.after_shim")
 
         sb = sb.with_(state=SandboxState.READY, extra={**sb.extra, "namespaces": dict(status.namespaces),

@@ -8,6 +8,7 @@ import time
 
 from cri_shim.api import api_pb2 as pb
 from cri_shim.errors import CriError, FailedPrecondition
+from cri_shim.services import windows_pods
 from cri_shim.services.backend_errors import mapped
 from cri_shim.services.container_stats import cpu_usage, memory_usage, to_stats
 from cri_shim.services.runtime_state import RuntimeState
@@ -21,6 +22,11 @@ async def stats_of(state: RuntimeState, sb: Sandbox) -> pb.PodSandboxStats:
     with mapped(f"cannot read the stats of pod sandbox {sb.id}"):
         s = await backend.sandbox_stats(sb.id)
     ts = s.timestamp_ns or time.time_ns()
+    cfg = sb.config
+    attributes = pb.PodSandboxAttributes(id=sb.id, metadata=cfg.metadata, labels=cfg.labels,
+                                         annotations=cfg.annotations)
+    if windows_pods.is_windows(sb):
+        return pb.PodSandboxStats(attributes=attributes, windows=windows_pods.pod_stats(state, sb, s))
     linux = pb.LinuxPodSandboxStats(cpu=cpu_usage(ts, s.cpu_usage_ns), memory=memory_usage(ts, s))
     if s.pids is not None:
         linux.process.timestamp = ts
@@ -29,9 +35,7 @@ async def stats_of(state: RuntimeState, sb: Sandbox) -> pb.PodSandboxStats:
         c = state.containers.get(cid)
         if c is not None and c.state is ContainerState.RUNNING:
             linux.containers.append(to_stats(c, cs))
-    cfg = sb.config
-    return pb.PodSandboxStats(attributes=pb.PodSandboxAttributes(id=sb.id, metadata=cfg.metadata, labels=cfg.labels,
-                                                                 annotations=cfg.annotations), linux=linux)
+    return pb.PodSandboxStats(attributes=attributes, linux=linux)
 
 
 async def pod_sandbox_stats(state: RuntimeState, request: pb.PodSandboxStatsRequest) -> pb.PodSandboxStatsResponse:

@@ -14,6 +14,7 @@ import time
 from google.protobuf import json_format
 
 from cri_shim.api import api_pb2 as pb
+from cri_shim.services import windows_pods
 from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.services.sandbox_list import CRI_STATE
 from cri_shim.store.sandbox import Sandbox
@@ -23,8 +24,9 @@ def to_status(sb: Sandbox) -> pb.PodSandboxStatus:
     cfg = sb.config
     status = pb.PodSandboxStatus(
         id=sb.id, metadata=cfg.metadata, state=CRI_STATE[sb.state], created_at=sb.created_at,
-        labels=cfg.labels, annotations=cfg.annotations, runtime_handler=sb.handler,
-        linux=pb.LinuxPodSandboxStatus(namespaces=pb.Namespace(options=cfg.linux.security_context.namespace_options)))
+        labels=cfg.labels, annotations=cfg.annotations, runtime_handler=sb.handler)
+    if not windows_pods.is_windows(sb):
+        status.linux.namespaces.options.CopyFrom(cfg.linux.security_context.namespace_options)
     if sb.ips and not sb.host_network:
         status.network.ip = sb.ips[0]
         status.network.additional_ips.extend(pb.PodIP(ip=ip) for ip in sb.ips[1:])

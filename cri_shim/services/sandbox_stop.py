@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cri_shim.api import api_pb2 as pb
 from cri_shim.errors import NotFound
-from cri_shim.services import container_events, container_stop
+from cri_shim.services import container_events, container_stop, windows_pods
 from cri_shim.services.backend_errors import mapped
 from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.store.container import ContainerState
@@ -69,6 +69,10 @@ async def stop(state: RuntimeState, sandbox_id: str) -> None:
 async def release_network(state: RuntimeState, sandbox_id: str) -> None:
     """CNI DEL (once) and the netns pin. Safe to repeat; a failure leaves network_ready set for a retry."""
     sb = state.sandboxes.get(sandbox_id)
+    if sb is not None and windows_pods.is_windows(sb):
+        with mapped(f"cannot release the network of pod sandbox {sandbox_id}"):
+            await windows_pods.release_network(state, sb)
+        return
     if sb is None or sb.netns_path is None:
         return
     netns_path = sb.netns_path

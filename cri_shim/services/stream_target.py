@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from cri_shim.errors import FailedPrecondition
+from cri_shim.errors import FailedPrecondition, Unimplemented
+from cri_shim.services import windows_pods
 from cri_shim.services.backend_errors import mapped
 from cri_shim.services.container_execsync import running
 from cri_shim.services.runtime_state import RuntimeState
@@ -39,6 +40,8 @@ class LifecycleStreamTarget:
 
     async def open_port(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         sb = self._state.sandbox(sandbox_id)
+        if windows_pods.is_windows(sb):
+            raise Unimplemented(f"port-forward into Windows pod {sb.id} is not supported yet")
         if sb.netns_path is None:   # host network: the pod's localhost is the host's
             return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), CONNECT_TIMEOUT)
         path = Path(sb.netns_path)

@@ -32,7 +32,7 @@ ERROR_NO_DATA = 232
 
 
 class LogSink(Protocol):
-    """The CRI log writer interface (runtime.linux.logs.CriLogWriter satisfies it)."""
+    """The CRI log writer interface (runtime.logs.CriLogWriter satisfies it; the daemon injects it)."""
 
     def open(self) -> None: ...
     def feed(self, stream: str, data: bytes) -> None: ...

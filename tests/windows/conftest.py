@@ -21,7 +21,7 @@ import pytest
 
 from runtime import oci
 from runtime.base import ContainerSpec, RootfsSpec, SandboxSpec, StdioSpec, WindowsSandboxSpec
-from runtime.linux.logs import CriLogWriter
+from runtime.logs import CriLogWriter
 from runtime.windows import _abi, hcs
 from runtime.windows.backend import WindowsBackend, WindowsBackendConfig, WindowsPlatform
 from runtime.windows.network import NamespaceManager

@@ -35,7 +35,7 @@ def layers() -> tuple[str, ...]:
 
 
 def real_backend(root: Path, hyperv: bool) -> object:
-    from runtime.linux.logs import CriLogWriter
+    from runtime.logs import CriLogWriter
     from runtime.windows.backend import WindowsBackend, WindowsBackendConfig
     from runtime.windows.platform import windows_platform
     platform = windows_platform(lambda path: CriLogWriter(path), instance="cri-shim-test")

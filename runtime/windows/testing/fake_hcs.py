@@ -155,6 +155,8 @@ class FakeHcs:
         self.quirk_create_process_wait_fails = False
         self.signal_blocks_until_exit = False
         self.documents: list[tuple[str, Any]] = []
+        # What a command line that no `program` matches runs (a daemon-hosted fake interprets commands here).
+        self.fallback: Callable[[str], Program] = lambda command_line: Program()
 
     # ------------------------------------------------------------- test controls
 
@@ -664,7 +666,7 @@ class FakeHcs:
         for needle, program in self.programs:
             if needle in command_line:
                 return program
-        return Program()
+        return self.fallback(command_line)
 
     def HcsCreateProcess(self, handle: int | None, params_p: int | None, op: int | None, sd: int | None,
                          out: Any) -> int:

@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +102,7 @@ class FakeJobs:
         self.procs: dict[int, _JobProcess] = {}
         self.programs: list[tuple[str, Program]] = []
         self.calls: list[tuple[str, str]] = []
+        self.fallback: Callable[[str], Program] = lambda command_line: Program()   # when no program matches
 
     def program(self, needle: str, program: Program) -> None:
         self.programs.insert(0, (needle, program))
@@ -142,7 +143,8 @@ class FakeJobs:
             j = self._job(job)
             if j.terminated:
                 raise AssertionError("spawn into a terminated job")
-            program = next((p for n, p in self.programs if n in spec.command_line), Program())
+            program = next((p for n, p in self.programs if n in spec.command_line), None) \
+                or self.fallback(spec.command_line)
             p = _JobProcess(next(self._pids), j, spec, program)
             j.pids.append(p.pid)
             self.procs[p.pid] = p
