@@ -71,3 +71,24 @@ def test_decompression_bomb_stops_at_the_budget() -> None:
     with pytest.raises(ResourceExhausted, match="larger than the 8388608 bytes allowed"):
         diff.drain()
     assert diff.count <= (8 << 20) + (2 << 20)  # stopped near the budget, not at 64 MiB
+
+
+def test_small_reads_are_served_from_one_hashed_chunk() -> None:
+    """tarfile reads 64 KiB at a time: every byte comes out once, in order, and is hashed once."""
+    raw = os.urandom(3 << 20) + b"text " * 300_000
+    compressed, diff = pipeline(gzip.compress(raw), Compression.GZIP)
+    pieces = []
+    while chunk := diff.read(64 << 10):
+        assert 0 < len(chunk) <= 64 << 10
+        pieces.append(chunk)
+    assert b"".join(pieces) == raw
+    assert diff.digest == sha(raw) and diff.count == len(raw)
+    assert diff.read(64 << 10) == b""  # stays at the end
+
+
+def test_drain_after_a_partial_read_hashes_the_rest() -> None:
+    raw = os.urandom(2 << 20)
+    _, diff = pipeline(gzip.compress(raw), Compression.GZIP)
+    assert diff.read(1000) == raw[:1000]
+    diff.drain()
+    assert diff.digest == sha(raw) and diff.count == len(raw)
