@@ -1,7 +1,7 @@
 """Streaming a layer: hash the compressed bytes, keep a copy, decompress, hash again.
 
     registry/file -> CompressedReader (sha256 = digest, copy into the content store)
-                  -> Decompressor (gzip via zlib, zstd via zstandard, or none; sha256 = diff_id; byte budget)
+                  -> Decompressor (gzip via isal or zlib, zstd via zstandard, or none; sha256 = diff_id; byte budget)
                   -> tar extraction (runtime.linux.unpack.unpack_layer)
 
 Everything is read sequentially, once, on one thread, with bounded memory:
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import zstandard
 
@@ -22,6 +23,40 @@ from cri_shim.images.content import Ingest
 from cri_shim.images.manifest import Compression
 
 CHUNK = 1 << 20
+
+
+class Inflater(Protocol):
+    """What Decompressor uses of a zlib decompressobj (zlib's own, or isal's drop-in)."""
+
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def unconsumed_tail(self) -> bytes: ...
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, max_length: int = ..., /) -> bytes: ...
+
+
+def zlib_gunzip() -> Inflater:
+    return zlib.decompressobj(wbits=31)
+
+
+def _fastest_gunzip() -> tuple[Callable[[], Inflater], tuple[type[Exception], ...]]:
+    """ISA-L's inflate when the `isal` package is installed (~2.5x zlib's speed, gzip CRC included), else zlib."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib_gunzip, (zlib.error,)
+
+    def isal_gunzip() -> Inflater:
+        return isal_zlib.decompressobj(wbits=31)
+
+    isal_error = cast(type[Exception], isal_zlib.error)  # a class; its stub calls it an instance
+    return isal_gunzip, (zlib.error, isal_error)
+
+
+GUNZIP, GUNZIP_ERRORS = _fastest_gunzip()
 
 
 class Source(Protocol):
@@ -72,7 +107,8 @@ class Decompressor:
     between parallel layer threads.
     """
 
-    def __init__(self, source: CompressedReader, compression: Compression, max_bytes: int, what: str) -> None:
+    def __init__(self, source: CompressedReader, compression: Compression, max_bytes: int, what: str,
+                 gunzip: Callable[[], Inflater] = GUNZIP) -> None:
         self._source = source
         self._compression = compression
         self._max = max_bytes
@@ -84,7 +120,8 @@ class Decompressor:
         self._chunk = b""
         self._offset = 0
         self._eof = False
-        self._gzip = zlib.decompressobj(wbits=31) if compression is Compression.GZIP else None
+        self._new_gunzip = gunzip
+        self._gzip = gunzip() if compression is Compression.GZIP else None
         self._zstd = (zstandard.ZstdDecompressor().stream_reader(source,  # type: ignore[arg-type]  # needs read()
                                                                  read_size=CHUNK, read_across_frames=True)
                       if compression is Compression.ZSTD else None)
@@ -147,11 +184,11 @@ class Decompressor:
                 if rest[:2] != b"\x1f\x8b":
                     self._eof = True  # trailing bytes after the last member: hashed, not extracted
                     return b""
-                d = self._gzip = zlib.decompressobj(wbits=31)  # another gzip member follows
+                d = self._gzip = self._new_gunzip()  # another gzip member follows
                 return d.decompress(rest, size)
             data = d.unconsumed_tail or self._source.read(CHUNK)
             if not data:
                 raise FailedPrecondition(f"{self._what}: the gzip stream ends early (truncated layer)")
             return d.decompress(data, size)
-        except zlib.error as e:
+        except GUNZIP_ERRORS as e:
             raise FailedPrecondition(f"{self._what}: not a valid gzip stream ({e})") from None
