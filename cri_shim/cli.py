@@ -44,10 +44,11 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, overrides)
     import asyncio
 
-    from cri_shim import logs
+    from cri_shim import logs, malloc
     from cri_shim.app import Daemon
 
     logs.setup(cfg.server.log_level)
+    malloc.tune_for_streaming()  # before any thread starts: see cri_shim/malloc.py
     asyncio.run(Daemon(cfg).run())
     return 0
 

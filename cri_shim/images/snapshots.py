@@ -14,7 +14,6 @@ and leftovers of a crash are deleted at startup.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import hashlib
 import logging
@@ -148,7 +147,8 @@ class SnapshotStore:
 
     def sync(self) -> None:
         """syncfs() the filesystem of the store: unpacked files reach the disk before the image is recorded."""
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # CDLL(None): libc is already loaded; find_library("c") would spawn ldconfig on every pull.
+        libc = ctypes.CDLL(None, use_errno=True)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if libc.syncfs(fd) != 0:

@@ -273,8 +273,10 @@ def build(config: Config, db: MetadataStore) -> ImageStore:
                             platform=platform.parse(i.platform) if i.platform else platform.host(),
                             max_layer_bytes=i.max_layer_bytes)
     limits = UnpackLimits(max_bytes=i.max_layer_bytes or UnpackLimits().max_bytes)
-    store = ImageStore(config.root_dir, db, settings, functools.partial(unpack_layer, limits=limits),
-                       pinned=i.pinned_images)
+    # start_writeback: the disk writes a layer's big files while the pull goes on, so the syncfs()
+    # before the image is recorded waits ~5 ms instead of ~100 ms (bench/pull.py, 200 MB image).
+    unpacker = functools.partial(unpack_layer, limits=limits, start_writeback=True)
+    store = ImageStore(config.root_dir, db, settings, unpacker, pinned=i.pinned_images)
     store.open()
     return store
 

@@ -1,7 +1,7 @@
 """Streaming a layer: hash the compressed bytes, keep a copy, decompress, hash again.
 
     registry/file -> CompressedReader (sha256 = digest, copy into the content store)
-                  -> Decompressor (gzip via zlib, zstd via zstandard, or none; sha256 = diff_id; byte budget)
+                  -> Decompressor (gzip via isal or zlib, zstd via zstandard, or none; sha256 = diff_id; byte budget)
                   -> tar extraction (runtime.linux.unpack.unpack_layer)
 
 Everything is read sequentially, once, on one thread, with bounded memory:
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import zstandard
 
@@ -22,6 +23,40 @@ from cri_shim.images.content import Ingest
 from cri_shim.images.manifest import Compression
 
 CHUNK = 1 << 20
+
+
+class Inflater(Protocol):
+    """What Decompressor uses of a zlib decompressobj (zlib's own, or isal's drop-in)."""
+
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def unconsumed_tail(self) -> bytes: ...
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, max_length: int = ..., /) -> bytes: ...
+
+
+def zlib_gunzip() -> Inflater:
+    return zlib.decompressobj(wbits=31)
+
+
+def _fastest_gunzip() -> tuple[Callable[[], Inflater], tuple[type[Exception], ...]]:
+    """ISA-L's inflate when the `isal` package is installed (~2.5x zlib's speed, gzip CRC included), else zlib."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib_gunzip, (zlib.error,)
+
+    def isal_gunzip() -> Inflater:
+        return isal_zlib.decompressobj(wbits=31)
+
+    isal_error = cast(type[Exception], isal_zlib.error)  # a class; its stub calls it an instance
+    return isal_gunzip, (zlib.error, isal_error)
+
+
+GUNZIP, GUNZIP_ERRORS = _fastest_gunzip()
 
 
 class Source(Protocol):
@@ -67,19 +102,26 @@ class Decompressor:
     """A file-like `read(n)` over the decompressed (tar) stream, hashed for the diff_id, held to a byte budget.
 
     Output is produced, hashed and counted in chunks of up to 1 MiB whatever
-    size the reader asks for (tarfile asks for 64 KiB): fewer, larger hash
-    updates mean fewer GIL hand-offs between parallel layer threads.
+    size the reader asks for (tarfile asks for 64 KiB), then handed out in
+    slices: fewer, larger hash and inflate calls mean fewer GIL hand-offs
+    between parallel layer threads.
     """
 
-    def __init__(self, source: CompressedReader, compression: Compression, max_bytes: int, what: str) -> None:
+    def __init__(self, source: CompressedReader, compression: Compression, max_bytes: int, what: str,
+                 gunzip: Callable[[], Inflater] = GUNZIP) -> None:
         self._source = source
         self._compression = compression
         self._max = max_bytes
         self._what = what
         self._hash = hashlib.sha256()
-        self._pending = bytearray()
+        # The last decompressed chunk and how much of it was handed out. Kept as immutable bytes and
+        # sliced, never as a bytearray that grows and shrinks: resizing a MiB-sized buffer on every
+        # read made malloc return and re-fault its pages, which cost more CPU than the gunzip itself.
+        self._chunk = b""
+        self._offset = 0
         self._eof = False
-        self._gzip = zlib.decompressobj(wbits=31) if compression is Compression.GZIP else None
+        self._new_gunzip = gunzip
+        self._gzip = gunzip() if compression is Compression.GZIP else None
         self._zstd = (zstandard.ZstdDecompressor().stream_reader(source,  # type: ignore[arg-type]  # needs read()
                                                                  read_size=CHUNK, read_across_frames=True)
                       if compression is Compression.ZSTD else None)
@@ -90,26 +132,34 @@ class Decompressor:
         return "sha256:" + self._hash.hexdigest()
 
     def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (fewer is fine for a stream reader); b"" only at the end of the stream."""
         want = CHUNK if n is None or n < 0 else n
-        while len(self._pending) < want and not self._eof:
-            self._produce(self._decompress(CHUNK))
-        data = bytes(self._pending[:want])
-        del self._pending[:want]
+        if self._offset >= len(self._chunk):
+            self._chunk, self._offset = self._next_chunk(), 0
+        if self._offset == 0 and want >= len(self._chunk):
+            self._offset = len(self._chunk)
+            return self._chunk  # the whole chunk: no copy
+        data = self._chunk[self._offset:self._offset + want]
+        self._offset += len(data)
         return data
 
     def drain(self) -> None:
-        while self.read(CHUNK):
+        while self._next_chunk():
             pass
+        self._chunk, self._offset = b"", 0
 
-    def _produce(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        self.count += len(chunk)
-        if self._max and self.count > self._max:
-            raise ResourceExhausted(f"{self._what}: uncompressed layer is larger than the {self._max} bytes "
-                                    "allowed (images.max_layer_bytes)")
-        self._hash.update(chunk)
-        self._pending += chunk
+    def _next_chunk(self) -> bytes:
+        """The next decompressed chunk (up to CHUNK bytes), hashed and counted; b"" at the end."""
+        while not self._eof:
+            chunk = self._decompress(CHUNK)
+            if chunk:
+                self.count += len(chunk)
+                if self._max and self.count > self._max:
+                    raise ResourceExhausted(f"{self._what}: uncompressed layer is larger than the {self._max} "
+                                            "bytes allowed (images.max_layer_bytes)")
+                self._hash.update(chunk)  # a MiB at a time: hashlib releases the GIL for the whole update
+                return chunk
+        return b""
 
     def _decompress(self, size: int) -> bytes:
         """Up to `size` more decompressed bytes; sets `_eof` at the end of the stream."""
@@ -134,11 +184,11 @@ class Decompressor:
                 if rest[:2] != b"\x1f\x8b":
                     self._eof = True  # trailing bytes after the last member: hashed, not extracted
                     return b""
-                d = self._gzip = zlib.decompressobj(wbits=31)  # another gzip member follows
+                d = self._gzip = self._new_gunzip()  # another gzip member follows
                 return d.decompress(rest, size)
             data = d.unconsumed_tail or self._source.read(CHUNK)
             if not data:
                 raise FailedPrecondition(f"{self._what}: the gzip stream ends early (truncated layer)")
             return d.decompress(data, size)
-        except zlib.error as e:
+        except GUNZIP_ERRORS as e:
             raise FailedPrecondition(f"{self._what}: not a valid gzip stream ({e})") from None

@@ -69,6 +69,18 @@ def test_unpack_matches_gnu_tar_for_every_entry_kind(ws: Workspace) -> None:
     assert stats.fifos == 1 and stats.bytes_read == len(raw)
 
 
+def test_start_writeback_changes_nothing_in_the_unpacked_tree(ws: Workspace) -> None:
+    """The daemon unpacks with start_writeback=True (sync_file_range on big files): same files, modes, owners, times."""
+    entries = [*rich_layer(), ib.dir_("big"), ib.file("big/blob", os.urandom(1 << 20), mode=0o4750, uid=7, gid=8)]
+    raw = ib.tar_bytes(entries)
+    plain = ws.base / "plain"
+    plain.mkdir()
+    unpack_layer(io.BytesIO(raw), plain)
+    stats = unpack_layer(io.BytesIO(raw), ws.target, start_writeback=True)
+    assert listing(ws.target) == listing(plain)
+    assert stats.file_bytes >= 1 << 20
+
+
 def test_unpack_keeps_setuid_capabilities_owners_and_subsecond_mtimes(ws: Workspace) -> None:
     unpack_layer(io.BytesIO(ib.tar_bytes(rich_layer())), ws.target)
     t = ws.target
