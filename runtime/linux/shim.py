@@ -47,7 +47,9 @@ from runtime.linux import cgroups
 from runtime.linux import init as cinit
 from runtime.linux import mounts
 from runtime.linux import protocol as proto
+from runtime.linux import shim_runc
 from runtime.linux import syscalls as sc
+from runtime.base import RuntimeFailure
 from runtime.linux.logs import CriLogWriter
 from runtime.linux.spec import (ShimView, SpecError, check_sysctl, id_mappings, read_spec, shim_view,
                                 sysctl_path)
@@ -268,6 +270,8 @@ class Container:
     waiters: list[Conn] = field(default_factory=list)
     pending: Conn | None = None                              # the create/start request being answered
     stdin_writer: PipeWriter | None = None
+    runc: shim_runc.RuncEngine | None = None                 # None: the native init (runtime.linux.init)
+    rootfs_mount: str = ""                                   # runc: the rootfs the shim mounted on the host
 
     def status(self) -> dict[str, Any]:
         state = {STATE_CREATING: "created", STATE_STARTING: "created"}.get(self.state, self.state)
@@ -277,8 +281,12 @@ class Container:
 
     def record(self) -> dict[str, Any]:
         """What the backend needs to clean up and report this container if the shim dies."""
-        return {**self.status(), "bundle": self.bundle, "cgroup": self.cgroup.path, "upper": self.upper,
-                "work": self.work, "log_path": self.log.path}
+        out = {**self.status(), "bundle": self.bundle, "cgroup": self.cgroup.path, "upper": self.upper,
+               "work": self.work, "log_path": self.log.path, "engine": shim_runc.ENGINE_NATIVE}
+        if self.runc is not None:
+            out.update(engine=shim_runc.ENGINE_RUNC, runc_path=self.runc.runc.binary, runc_root=self.runc.root,
+                       rootfs_mount=self.rootfs_mount)
+        return out
 
 
 @dataclass
@@ -359,6 +367,7 @@ class Shim:
         self.listener: socket.socket | None = None
         self.wakeup_r = -1
         self.host_cgroup_mounts: tuple[mounts.HostCgroupMount, ...] | None = None
+        self.runc_engines: dict[str, shim_runc.RuncEngine] = {}   # by runc binary
 
     # ------------------------------------------------------------ startup
 
@@ -761,9 +770,18 @@ class Shim:
         except SpecError as e:
             raise ShimError(proto.UNSUPPORTED if e.unsupported else proto.INVALID_SPEC, e.message, e.field) \
                 from None
+        engine = msg.get("engine") or shim_runc.ENGINE_NATIVE
+        if engine not in shim_runc.ENGINES:
+            raise ShimError(proto.INVALID_SPEC, f"unknown container engine {engine!r}", "engine")
         undo: list[Callable[[], None]] = []
         try:
             c = self._prepare_container(cid, bundle, spec, view, msg, undo)
+            if engine == shim_runc.ENGINE_RUNC:
+                self._runc_create(c, msg, undo)
+                self.containers[cid] = c
+                self._created(c)
+                conn.send(proto.ok(status=c.status()))
+                return
             self._fork_init(c, msg, undo)
         except BaseException:
             for step in reversed(undo):
@@ -841,6 +859,12 @@ class Shim:
         child_chan.close()
         undo.clear()  # from here on the child's exit path cleans up (see _init_failed)
         c.pid, c.start_w, c.chan = pid, start_w, parent_chan
+        self._hold_stdio(c, parent_ends)
+        parent_chan.setblocking(False)
+        self.sel.register(parent_chan, selectors.EVENT_READ, lambda ev: self._on_init_chan(c))
+
+    def _hold_stdio(self, c: Container, parent_ends: dict[str, Any]) -> None:
+        """The shim's ends of a new container's stdio: output to the log and attachers, stdin from attach."""
         c.created_at = time.time_ns()
         c.out_fds = parent_ends["out"]
         c.stdin_w = parent_ends["stdin"]
@@ -849,8 +873,46 @@ class Shim:
             self.sel.register(fd, selectors.EVENT_READ, self._output_reader(c, fd, stream))
         if c.stdin_w >= 0:
             c.stdin_writer = PipeWriter(self, c.stdin_w)
-        parent_chan.setblocking(False)
-        self.sel.register(parent_chan, selectors.EVENT_READ, lambda ev: self._on_init_chan(c))
+
+    # ------------------------------------------------------------ the runc engine
+
+    def _runc_engine(self, binary: str) -> shim_runc.RuncEngine:
+        engine = self.runc_engines.get(binary)
+        if engine is None:
+            try:
+                engine = shim_runc.RuncEngine(binary, os.path.join(self.config.pod_dir, "runc"))
+            except RuntimeFailure as e:
+                raise ShimError(proto.UNSUPPORTED, e.message, "runc_path") from None
+            self.runc_engines[binary] = engine
+        return engine
+
+    def _runc_create(self, c: Container, msg: dict[str, Any], undo: list[Callable[[], None]]) -> None:
+        """`runc create` with the shim's pipes as the container's stdio (blocking: runc returns once the
+        container is set up; its init then waits for `runc start`)."""
+        if c.tty:
+            raise ShimError(proto.UNSUPPORTED, "a terminal (tty) is not supported with the runc handler yet", "tty")
+        if self.pod_ns.get("user"):
+            raise ShimError(proto.UNSUPPORTED, "user namespaces are not supported with the runc handler",
+                            "linux.uid_mappings")
+        engine = self._runc_engine(str(msg.get("runc_path") or ""))
+        rootfs = shim_runc.RootfsRequest(
+            root_path=c.view.root_path, layers=tuple(str(x) for x in msg.get("layers") or []), upper=c.upper,
+            work=c.work, readonly=bool(msg.get("readonly")), cgroups_path=c.cgroup.path)
+        pod = shim_runc.PodMounts(sandbox_dir=self.config.sandbox_dir,
+                                  shm=self.paths["shm"] if self.config.ipc == "pod" else "",
+                                  ipc_pin=self.pod_ns.get("ipc", ""))
+        stdio, parent_ends = self._container_stdio(c, bool(msg.get("stdin")))
+        try:
+            c.pid = engine.create(c.id, c.bundle, c.spec, rootfs, pod, c.state_dir,
+                                  (stdio.stdin, stdio.stdout, stdio.stderr), undo)
+        except RuntimeFailure as e:
+            _close_fds([*parent_ends["out"], *([parent_ends["stdin"]] if parent_ends["stdin"] >= 0 else [])])
+            raise ShimError(proto.FAILURE, e.message) from None
+        finally:
+            _close_fds(fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd >= 0)
+        undo.clear()   # from here on _destroy_container cleans up
+        c.runc, c.rootfs_mount = engine, c.view.root_path
+        self._hold_stdio(c, parent_ends)
 
     def _cgroup_mounts(self, cg: cgroups.Cgroup) -> tuple[mounts.HostCgroupMount, ...]:
         if self.host_cgroup_mounts is None:
@@ -972,6 +1034,14 @@ class Shim:
             raise ShimError(proto.WRONG_STATE, f"container {c.id} is {c.status()['state']}, not created")
         c.state = STATE_STARTING
         c.pending = conn
+        if c.runc is not None:
+            try:
+                c.runc.start(c.id)
+            except RuntimeFailure as e:
+                self._init_failed(c, proto.FAILURE, e.message, None)
+                return
+            self._started(c)
+            return
         try:
             os.write(c.start_w, b"s")
         except OSError:
@@ -1087,6 +1157,11 @@ class Shim:
         sig = int(msg.get("signal", signal.SIGKILL))
         if not 0 < sig < signal.NSIG:
             raise ShimError(proto.INVALID_SPEC, f"{sig} is not a signal", "signal")
+        if c.runc is not None:
+            if not c.reaped:
+                c.runc.kill(c.id, sig, all_processes=bool(msg.get("all")))
+            conn.send(proto.ok())
+            return
         if msg.get("all"):
             c.cgroup.kill_all(sig)
         if c.state != STATE_EXITED and not c.reaped:
@@ -1186,6 +1261,9 @@ class Shim:
         if not c.reaped and c.pid:
             _kill_and_reap(c.pid)
             c.reaped = True
+        if c.runc is not None:
+            c.runc.delete(c.id)
+            shim_runc.unmount_rootfs(c.rootfs_mount)
         try:
             c.cgroup.destroy()
         except OSError as e:
@@ -1219,6 +1297,13 @@ class Shim:
 
     def op_update(self, conn: Conn, msg: dict[str, Any]) -> None:
         c = self._container(msg)
+        if c.runc is not None:
+            try:
+                c.runc.update(c.id, msg.get("resources") or {})
+            except RuntimeFailure as e:
+                raise ShimError(proto.FAILURE, e.message, "resources") from None
+            conn.send(proto.ok())
+            return
         try:
             c.cgroup.apply(msg.get("resources") or {})
         except cgroups.CgroupError as e:
@@ -1243,6 +1328,9 @@ class Shim:
         if c.state != STATE_RUNNING or c.reaped:
             raise ShimError(proto.WRONG_STATE, f"container {c.id} is not running")
         process = _exec_process(c.spec.get("process") or {}, msg)
+        if c.runc is not None:
+            self._runc_exec(conn, c, c.runc, process, msg)
+            return
         join_fds: dict[str, int] = {}
         pid_fd = -1
         try:
@@ -1284,6 +1372,25 @@ class Shim:
         self.execs[e.id] = e
         parent_chan.setblocking(False)
         self.sel.register(parent_chan, selectors.EVENT_READ, lambda ev: self._on_exec_chan(e))
+
+    def _runc_exec(self, conn: Conn, c: Container, engine: shim_runc.RuncEngine, process: dict[str, Any],
+                   msg: dict[str, Any]) -> None:
+        """`runc exec --detach`: the process is re-parented to the shim when runc exits, reaped like the
+        native execs; its stdio are the same pipes the native exec gets."""
+        if msg.get("tty"):
+            raise ShimError(proto.UNSUPPORTED, "a terminal (tty) is not supported with the runc handler yet", "tty")
+        stdio, mine, theirs = _exec_stdio(msg)
+        self.exec_seq += 1
+        try:
+            pid = engine.exec(c.id, process, c.state_dir, self.exec_seq, (stdio.stdin, stdio.stdout, stdio.stderr))
+        except RuntimeFailure as err:
+            _close_fds(theirs)
+            raise ShimError(proto.FAILURE, err.message) from None
+        finally:
+            _close_fds(mine)
+        started = Exec(id=f"{c.id[:12]}-{self.exec_seq}", container=c.id, pid=pid)
+        self.execs[started.id] = started
+        conn.send(proto.ok(exec_id=started.id, pid=pid), theirs)
 
     def _on_exec_chan(self, e: Exec) -> None:
         assert e.chan is not None
@@ -1343,10 +1450,12 @@ class Shim:
     def op_exec_kill(self, conn: Conn, msg: dict[str, Any]) -> None:
         e = self.execs.get(str(msg.get("exec_id")))
         if e is not None and e.exit_code is None:
+            sig = int(msg.get("signal", signal.SIGKILL))
             try:
-                os.killpg(e.pid, int(msg.get("signal", signal.SIGKILL)))  # the exec is its own group leader
+                os.killpg(e.pid, sig)  # a native exec is its own group leader
             except ProcessLookupError:
-                pass
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(e.pid, sig)   # a runc exec may not be
         conn.send(proto.ok())
 
     def op_exec_forget(self, conn: Conn, msg: dict[str, Any]) -> None:
