@@ -889,30 +889,36 @@ class Shim:
     def _runc_create(self, c: Container, msg: dict[str, Any], undo: list[Callable[[], None]]) -> None:
         """`runc create` with the shim's pipes as the container's stdio (blocking: runc returns once the
         container is set up; its init then waits for `runc start`)."""
-        if c.tty:
-            raise ShimError(proto.UNSUPPORTED, "a terminal (tty) is not supported with the runc handler yet", "tty")
         if self.pod_ns.get("user"):
             raise ShimError(proto.UNSUPPORTED, "user namespaces are not supported with the runc handler",
                             "linux.uid_mappings")
         engine = self._runc_engine(str(msg.get("runc_path") or ""))
-        rootfs = shim_runc.RootfsRequest(
+        request = shim_runc.CreateRequest(
             root_path=c.view.root_path, layers=tuple(str(x) for x in msg.get("layers") or []), upper=c.upper,
-            work=c.work, readonly=bool(msg.get("readonly")), cgroups_path=c.cgroup.path)
+            work=c.work, readonly=bool(msg.get("readonly")), cgroups_path=c.cgroup.path, terminal=c.tty)
         pod = shim_runc.PodMounts(sandbox_dir=self.config.sandbox_dir,
                                   shm=self.paths["shm"] if self.config.ipc == "pod" else "",
                                   ipc_pin=self.pod_ns.get("ipc", ""))
-        stdio, parent_ends = self._container_stdio(c, bool(msg.get("stdin")))
+        parent_ends: dict[str, Any]
+        if c.tty:   # runc makes the terminal; its stdio are unused
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            stdio, parent_ends = cinit.Stdio(stdin=null, stdout=null, stderr=null), {"out": {}, "stdin": -1}
+        else:
+            stdio, parent_ends = self._container_stdio(c, bool(msg.get("stdin")))
         try:
-            c.pid = engine.create(c.id, c.bundle, c.spec, rootfs, pod, c.state_dir,
-                                  (stdio.stdin, stdio.stdout, stdio.stderr), undo)
+            c.pid, pty = engine.create(c.id, c.spec, request, pod, c.state_dir,
+                                       (stdio.stdin, stdio.stdout, stdio.stderr), undo)
         except RuntimeFailure as e:
             _close_fds([*parent_ends["out"], *([parent_ends["stdin"]] if parent_ends["stdin"] >= 0 else [])])
             raise ShimError(proto.FAILURE, e.message) from None
         finally:
-            _close_fds(fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd >= 0)
+            _close_fds({fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd >= 0})
         undo.clear()   # from here on _destroy_container cleans up
         c.runc, c.rootfs_mount = engine, c.view.root_path
         self._hold_stdio(c, parent_ends)
+        if pty >= 0:
+            c.pty_master = pty
+            self._adopt_pty(c)
 
     def _cgroup_mounts(self, cg: cgroups.Cgroup) -> tuple[mounts.HostCgroupMount, ...]:
         if self.host_cgroup_mounts is None:
@@ -1377,12 +1383,16 @@ class Shim:
                    msg: dict[str, Any]) -> None:
         """`runc exec --detach`: the process is re-parented to the shim when runc exits, reaped like the
         native execs; its stdio are the same pipes the native exec gets."""
+        theirs: list[int]
         if msg.get("tty"):
-            raise ShimError(proto.UNSUPPORTED, "a terminal (tty) is not supported with the runc handler yet", "tty")
-        stdio, mine, theirs = _exec_stdio(msg)
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            stdio, mine, theirs = cinit.Stdio(stdin=null, stdout=null, stderr=null), [null], []
+        else:
+            stdio, mine, theirs = _exec_stdio(msg)
         self.exec_seq += 1
         try:
-            pid = engine.exec(c.id, process, c.state_dir, self.exec_seq, (stdio.stdin, stdio.stdout, stdio.stderr))
+            pid, pty = engine.exec(c.id, process, c.state_dir, self.exec_seq,
+                                   (stdio.stdin, stdio.stdout, stdio.stderr))
         except RuntimeFailure as err:
             _close_fds(theirs)
             raise ShimError(proto.FAILURE, err.message) from None
@@ -1390,7 +1400,10 @@ class Shim:
             _close_fds(mine)
         started = Exec(id=f"{c.id[:12]}-{self.exec_seq}", container=c.id, pid=pid)
         self.execs[started.id] = started
-        conn.send(proto.ok(exec_id=started.id, pid=pid), theirs)
+        if pty >= 0:
+            conn.send(proto.ok(exec_id=started.id, pid=pid, tty=True), [pty])
+        else:
+            conn.send(proto.ok(exec_id=started.id, pid=pid), theirs)
 
     def _on_exec_chan(self, e: Exec) -> None:
         assert e.chan is not None

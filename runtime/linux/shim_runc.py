@@ -24,6 +24,8 @@ import errno
 import json
 import logging
 import os
+import secrets
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,13 +56,47 @@ class PodMounts:
 
 
 @dataclass(frozen=True)
-class RootfsRequest:
+class CreateRequest:
     root_path: str
     layers: tuple[str, ...]
     upper: str
     work: str
     readonly: bool
     cgroups_path: str
+    terminal: bool
+
+
+class ConsoleSocket:
+    """`runc --console-socket`: runc connects and sends the master of the terminal it made (SCM_RIGHTS).
+
+    An abstract socket, because a path under the pod's state dir would not fit in sun_path. It is only
+    listened on during one runc call, only one fd is taken, and it must come from a root process."""
+
+    def __init__(self) -> None:
+        self.address = f"cri-shim-console-{os.getpid()}-{secrets.token_hex(8)}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.bind("\0" + self.address)
+        self.sock.listen(1)
+
+    @property
+    def path(self) -> str:
+        return "@" + self.address     # Go's net.Dial reads a leading @ as the abstract namespace
+
+    def receive(self) -> int:
+        """The terminal master runc sent (it has already sent it when its call returned)."""
+        self.sock.settimeout(5.0)
+        conn, _ = self.sock.accept()
+        with conn:
+            uid = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)[4:8]   # struct ucred {pid, uid, gid}
+            _msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 4)
+        if uid != b"\0\0\0\0" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise RuntimeFailure("tty: runc did not send one terminal through the console socket")
+        return fds[0]
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class RuncEngine:
@@ -73,9 +109,10 @@ class RuncEngine:
         self.root = root
         self.runc = Runc(RuncConfig(root=root, binary=binary, launcher=launcher))
 
-    def create(self, cid: str, bundle: str, spec: Mapping[str, Any], rootfs: RootfsRequest, pod: PodMounts,
-               state_dir: str, stdio: Stdio, undo: list[Callable[[], None]]) -> int:
-        """Mount the rootfs, write runc's bundle, `runc create`; returns the container init's pid."""
+    def create(self, cid: str, spec: Mapping[str, Any], rootfs: CreateRequest, pod: PodMounts,
+               state_dir: str, stdio: Stdio, undo: list[Callable[[], None]]) -> tuple[int, int]:
+        """Mount the rootfs, write runc's bundle, `runc create`; returns the container init's pid and,
+        when the spec asks for a terminal, its master (else -1)."""
         try:
             mounts.mount_rootfs(rootfs.root_path, rootfs.layers, rootfs.upper, rootfs.work)
         except mounts.MountError as e:
@@ -88,7 +125,15 @@ class RuncEngine:
         with open(os.path.join(runc_bundle, "config.json"), "w") as f:
             json.dump(runc_spec(spec, rootfs, pod), f)
         undo.append(lambda: self.delete(cid))
-        return self.runc.create(cid, runc_bundle, pid_file=os.path.join(state_dir, "runc.pid"), stdio=stdio)
+        pid_file = os.path.join(state_dir, "runc.pid")
+        if not rootfs.terminal:
+            return self.runc.create(cid, runc_bundle, pid_file=pid_file, stdio=stdio), -1
+        console = ConsoleSocket()
+        try:
+            pid = self.runc.create(cid, runc_bundle, pid_file=pid_file, stdio=stdio, console_socket=console.path)
+            return pid, console.receive()
+        finally:
+            console.close()
 
     def start(self, cid: str) -> None:
         self.runc.start(cid)
@@ -100,11 +145,17 @@ class RuncEngine:
             # Already stopped: the exit path has it (or is about to).
             log.debug("runc kill %s: %s", cid, e.message)
 
-    def exec(self, cid: str, process: Mapping[str, Any], state_dir: str, seq: int, stdio: Stdio) -> int:
+    def exec(self, cid: str, process: Mapping[str, Any], state_dir: str, seq: int, stdio: Stdio) -> tuple[int, int]:
+        """`runc exec --detach`; returns the process' pid and its terminal master (-1 without a terminal)."""
         pid_file = os.path.join(state_dir, f"exec-{seq}.pid")
+        console = ConsoleSocket() if process.get("terminal") else None
         try:
-            return self.runc.exec(cid, process, pid_file=pid_file, stdio=stdio)
+            pid = self.runc.exec(cid, process, pid_file=pid_file, stdio=stdio,
+                                 console_socket=console.path if console else None)
+            return pid, console.receive() if console else -1
         finally:
+            if console is not None:
+                console.close()
             try:
                 os.unlink(pid_file)
             except FileNotFoundError:
@@ -120,13 +171,14 @@ class RuncEngine:
             log.warning("runc delete %s: %s", cid, e.message)
 
 
-def runc_spec(spec: Mapping[str, Any], rootfs: RootfsRequest, pod: PodMounts) -> dict[str, Any]:
+def runc_spec(spec: Mapping[str, Any], rootfs: CreateRequest, pod: PodMounts) -> dict[str, Any]:
     """The daemon's spec plus what the native init adds on its own (see the module doc)."""
     out: dict[str, Any] = json.loads(json.dumps(spec))
     root = dict(out.get("root") or {})
     root["path"] = rootfs.root_path
     root["readonly"] = bool(root.get("readonly")) or rootfs.readonly
     out["root"] = root
+    out["process"] = {**(out.get("process") or {}), "terminal": rootfs.terminal}
     linux = out.setdefault("linux", {})
     linux["cgroupsPath"] = rootfs.cgroups_path
     spec_mounts: list[dict[str, Any]] = list(out.get("mounts") or [])

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from cri_shim.api import api_pb2 as pb
 from tests.conftest import stop_and_clean
 from tests.harness.daemon import Daemon
+from tests.integration.lifecycle.test_streaming_daemon import _read_pty
 from tests.harness.lifecycle_env import (Cri, Mirror, container_config, lifecycle_daemon, pod_config, rpc_error,
                                          wait_for)
 
@@ -121,11 +123,27 @@ def test_exit_code_and_reason_are_recorded(cri: Cri) -> None:
     assert (st.exit_code, st.reason) == (0, "Completed")
 
 
-def test_a_terminal_is_refused_with_a_clear_error(cri: Cri) -> None:
-    sid = cri.run_pod(handler="runc")
-    e = rpc_error(cri.create, sid, container_config(command=["sleep", "10"], tty=True))
-    assert "tty" in str(e.details()) and "runc" in str(e.details())
-    assert cri.containers(pod_sandbox_id=sid) == []
+def test_a_terminal_container_and_a_terminal_exec(cri: Cri, daemon: Daemon, tmp_path: Path) -> None:
+    sid = cri.run_pod(pod_config(log_dir=tmp_path), handler="runc")
+    cid = cri.run(sid, container_config(command=["sh", "-c", "tty; [ -t 0 ] && echo stdin-is-a-tty; exec sleep 1000"],
+                                        log_path="tty.log", tty=True, stdin=True))
+    assert wait_for(lambda: "stdin-is-a-tty" in (tmp_path / "tty.log").read_text())
+    assert "/dev/pts/0" in (tmp_path / "tty.log").read_text()
+    # crictl exec -it on a terminal of its own, as a user types it
+    master, slave = os.openpty()
+    argv = [daemon.crictl("version").args[0], "--config", str(daemon.workdir / "crictl.yaml"),
+            "exec", "-it", cid, "sh", "-c", "tty; [ -t 1 ] && echo exec-on-a-tty-$((6*7))"]
+    proc = subprocess.Popen(["setsid", "-c", *argv], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        out = _read_pty(master, time.monotonic() + 20, b"exec-on-a-tty-42")
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert b"/dev/pts/" in out and b"exec-on-a-tty-42" in out, out
 
 
 def test_update_resources_goes_through_runc(cri: Cri) -> None:
