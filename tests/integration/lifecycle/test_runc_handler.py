@@ -35,7 +35,7 @@ BRIDGE = "runch0"
 CONFLIST = """{{
   "cniVersion": "1.0.0", "name": "cst-runch",
   "plugins": [{{"type": "bridge", "bridge": "{bridge}", "isGateway": true, "ipMasq": false,
-               "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "10.231.0.0/16"}}]], "dataDir": "{ipam}"}}}}]
+               "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "10.227.0.0/16"}}]], "dataDir": "{ipam}"}}}}]
 }}
 """
 STATUS_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Uid", "Gid", "Groups")
@@ -186,7 +186,7 @@ PROBES = {
                      "wc -c < $p 2>/dev/null || echo $p unreadable; done",
     "identity": "hostname; id; ulimit -n; cat /proc/sys/kernel/shm_rmid_forced",
     "cgroup-limits": "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.shares",
-    "etc-files": "cat /etc/hosts /etc/resolv.conf | grep -v -e '^#' -e '^10\\.231\\.'",
+    "etc-files": "cat /etc/hosts /etc/resolv.conf | grep -v -e '^#' -e '^10\\.227\\.'",
 }
 
 
