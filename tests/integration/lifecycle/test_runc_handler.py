@@ -269,3 +269,22 @@ def test_runc_state_of_a_pod_whose_shim_died_is_cleaned_up(cri: Cri, daemon: Dae
     assert not os.path.exists(f"/proc/{pid}") or wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10)
     assert not mounted(rootfs)
     assert not (daemon.state / "runc" / "pods" / sid).exists()
+
+
+def test_a_missing_executable_fails_clearly_and_leaves_nothing(cri: Cri, daemon: Daemon) -> None:
+    sid = cri.run_pod(handler="runc")
+    e = None
+    cid = ""
+    try:
+        cid = cri.create(sid, container_config(command=["/no/such/binary"]))
+        cri.start(cid)
+    except grpc.RpcError as err:
+        e = err
+    assert e is not None and "/no/such/binary" in str(e.details()), e
+    if cid:
+        st = cri.status(cid).status
+        assert st.state == EXITED and st.exit_code != 0
+        cri.remove(cid)
+    assert runc_list(daemon, sid) == []
+    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if str(daemon.root / "containers") in line]
