@@ -1,7 +1,7 @@
 """The pod shim's second container engine: an installed runc, driven with the container's own bundle.
 
 The pod shim picks the engine per container (the create request's "engine": "native" forks
-runtime.linux.init, "runc" calls this). Everything around the container stays the shim's: the
+runtime.linux.init, "runc" calls this through shim.RuncEngine). Everything around the container stays the shim's: the
 cgroup it made, the stdio pipes (runc passes them through to the container untouched, so logs,
 attach and reopen work as for native containers), the exit status (the shim is a child subreaper:
 the container's init is re-parented to it when `runc create` exits, and the shim reaps it).
@@ -99,7 +99,7 @@ class ConsoleSocket:
         self.sock.close()
 
 
-class RuncEngine:
+class RuncDriver:
     def __init__(self, binary: str, root: str) -> None:
         if not binary or not os.path.isabs(binary):
             raise RuntimeFailure(f"runc_path: {binary!r} must be an absolute path to the runc binary")
@@ -216,7 +216,7 @@ def release(record: Mapping[str, Any], cid: str) -> None:
     binary, root = str(record.get("runc_path") or ""), str(record.get("runc_root") or "")
     if binary and root and os.path.isdir(root):
         try:
-            RuncEngine(binary, root).delete(cid)
+            RuncDriver(binary, root).delete(cid)
         except RuntimeFailure as e:
             log.warning("runc container %s: %s", cid, e.message)
     if record.get("rootfs_mount"):
