@@ -57,6 +57,8 @@ from runtime.logs import CriLogWriter
 
 log = logging.getLogger(__name__)
 
+HANDLER_RUNC = "runc"      # RuntimeClass handler: runc (runtime.runc_path)
+
 MAX_MESSAGE_BYTES = 16 << 20  # what kubelet's client accepts
 SOCKET_MODE = 0o660
 SOCKET_DIR_MODE = 0o750
@@ -190,7 +192,8 @@ class Daemon:
                              lifecycle=lifecycle, handlers=info)
 
     def _handlers(self) -> dict[str, base.Backend]:
-        """Runtime handlers. Linux: "" is the native Linux runtime. Windows: one backend per Windows handler,
+        """Runtime handlers. Linux: "" is the native Linux runtime, "runc" the same pods with their containers
+        run by runc (when runtime.runc_path is an executable). Windows: one backend per Windows handler,
         and "" is process isolation (kubelet's pods without a RuntimeClass), as in containerd. The test-only
         `windows.test_fake_hcs` adds the Windows handlers, on fakes, next to the Linux runtime."""
         cfg = self.config
@@ -202,6 +205,16 @@ class Daemon:
                                             log_level=cfg.server.log_level)
             except base.RuntimeFailure as e:
                 raise StartupError(f"cannot set up the native Linux runtime: {e.message}") from None
+            runc = cfg.runtime.runc_path
+            if runc and os.access(runc, os.X_OK):
+                try:
+                    handlers[HANDLER_RUNC] = LinuxBackend(
+                        cfg.state_dir / "runc", cgroup_driver=cfg.runtime.cgroup_driver,
+                        log_level=cfg.server.log_level, runc_path=runc)
+                except base.RuntimeFailure as e:
+                    raise StartupError(f"cannot set up runtime handler {HANDLER_RUNC!r}: {e.message}") from None
+            elif runc:
+                log.info("runtime.runc_path %s is not an executable: no %r runtime handler", runc, HANDLER_RUNC)
         if self.windows_host or cfg.windows.test_fake_hcs:
             try:
                 node = self._windows = windows_node.build_node(cfg, lambda path: CriLogWriter(path))

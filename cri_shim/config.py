@@ -51,6 +51,9 @@ class ServerConfig:
 class RuntimeConfig:
     cgroup_driver: str = _doc('"cgroupfs" or "systemd" (systemd only when systemd is PID 1). '
                               "Reported to kubelet by the RuntimeConfig RPC.", "cgroupfs")
+    runc_path: str = _doc('The runc binary behind runtime handler "runc" (RuntimeClass handler: runc): pods of that '
+                          'handler run in the same pod shims, their containers through runc. The handler exists only '
+                          'when this file is there; "" disables it.', "/usr/sbin/runc")
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,9 @@ def _validate(config: Config, source: str) -> None:
     _validate_images(config, source)
     _validate_lifecycle(config.lifecycle, source)
     _validate_windows(config.windows, source)
+    if config.runtime.runc_path and not Path(config.runtime.runc_path).is_absolute():
+        raise ConfigError(f"{source}: runtime.runc_path: must be an absolute path or \"\", "
+                          f"got {config.runtime.runc_path!r}")
     if config.runtime.cgroup_driver not in CGROUP_DRIVERS:
         raise ConfigError(f"{source}: runtime.cgroup_driver: must be one of {', '.join(CGROUP_DRIVERS)}, "
                           f"got {config.runtime.cgroup_driver!r}")

@@ -42,6 +42,9 @@ class RuncConfig:
     binary: str = "runc"
     systemd_cgroup: bool = False
     timeout: float = DEFAULT_TIMEOUT
+    # argv prefix runc is started through, e.g. ("/usr/bin/env", "--default-signal") from a caller that
+    # ignores signals: ignored dispositions survive execve, and runc passes them on to the container.
+    launcher: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ class Runc:
              what: str) -> bytes:
         """Run `runc <global flags> args`; return stdout (empty when stdio is handed to the container)."""
         with tempfile.NamedTemporaryFile(dir=self.config.root, prefix=".log-", delete=True) as log_file:
-            argv = [self.binary, "--root", self.config.root, "--log", log_file.name, "--log-format", "json"]
+            argv = [*self.config.launcher, self.binary, "--root", self.config.root, "--log", log_file.name,
+                    "--log-format", "json"]
             if self.config.systemd_cgroup:
                 argv.append("--systemd-cgroup")
             argv += args

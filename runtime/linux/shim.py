@@ -41,13 +41,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from runtime.linux import cgroups
 from runtime.linux import init as cinit
 from runtime.linux import mounts
 from runtime.linux import protocol as proto
+from runtime.linux import shim_runc
 from runtime.linux import syscalls as sc
+from runtime.base import RuntimeFailure
 from runtime.linux.logs import CriLogWriter
 from runtime.linux.spec import (ShimView, SpecError, check_sysctl, id_mappings, read_spec, shim_view,
                                 sysctl_path)
@@ -268,6 +270,7 @@ class Container:
     waiters: list[Conn] = field(default_factory=list)
     pending: Conn | None = None                              # the create/start request being answered
     stdin_writer: PipeWriter | None = None
+    engine: Engine | None = None                             # set by op_create
 
     def status(self) -> dict[str, Any]:
         state = {STATE_CREATING: "created", STATE_STARTING: "created"}.get(self.state, self.state)
@@ -278,7 +281,7 @@ class Container:
     def record(self) -> dict[str, Any]:
         """What the backend needs to clean up and report this container if the shim dies."""
         return {**self.status(), "bundle": self.bundle, "cgroup": self.cgroup.path, "upper": self.upper,
-                "work": self.work, "log_path": self.log.path}
+                "work": self.work, "log_path": self.log.path, **(self.engine.record(self) if self.engine else {})}
 
 
 @dataclass
@@ -337,6 +340,176 @@ class PipeWriter:
             self.fd = -1
 
 
+# ---------------------------------------------------------------- container engines
+
+
+class Engine(Protocol):
+    """What differs between the shim's two ways of running a container, chosen per container by the create
+    request's "engine". Stdio, exit recording, attach, logs, cgroup stats and state files stay the shim's."""
+
+    def create(self, c: Container, msg: dict[str, Any], undo: list[Callable[[], None]]) -> bool:
+        """Make the container, not started. True: created on return; False: its init reports later."""
+        ...
+
+    def start(self, c: Container) -> bool:
+        """Let it run. True: running on return; False: answered later (or already, on failure)."""
+        ...
+
+    def kill(self, c: Container, sig: int, all_processes: bool) -> None: ...
+
+    def exec(self, conn: Conn, c: Container, process: dict[str, Any], msg: dict[str, Any]) -> None:
+        """Start an extra process in the container; answers `conn` now or when the process reports."""
+        ...
+
+    def update(self, c: Container, resources: dict[str, Any]) -> None: ...
+
+    def release(self, c: Container) -> None:
+        """Once the container's processes are gone: free what the engine holds for it."""
+        ...
+
+    def record(self, c: Container) -> dict[str, Any]:
+        """What the daemon needs (in state.json) to release the container if the shim dies."""
+        ...
+
+
+class NativeEngine:
+    """The shim forks the container's init itself (runtime.linux.init), which reports over a channel."""
+
+    def __init__(self, shim: Shim) -> None:
+        self.shim = shim
+
+    def create(self, c: Container, msg: dict[str, Any], undo: list[Callable[[], None]]) -> bool:
+        self.shim._fork_init(c, msg, undo)
+        return False
+
+    def start(self, c: Container) -> bool:
+        try:
+            os.write(c.start_w, b"s")
+        except OSError:
+            pass  # the init died meanwhile: the exit path answers
+        os.close(c.start_w)
+        c.start_w = -1
+        return False
+
+    def kill(self, c: Container, sig: int, all_processes: bool) -> None:
+        if all_processes:
+            c.cgroup.kill_all(sig)
+        if c.state != STATE_EXITED and not c.reaped:
+            try:
+                os.kill(c.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def exec(self, conn: Conn, c: Container, process: dict[str, Any], msg: dict[str, Any]) -> None:
+        self.shim._native_exec(conn, c, process, msg)
+
+    def update(self, c: Container, resources: dict[str, Any]) -> None:
+        try:
+            c.cgroup.apply(resources)
+        except cgroups.CgroupError as e:
+            raise ShimError(proto.UNSUPPORTED, e.message, e.field) from None
+
+    def release(self, c: Container) -> None:
+        pass   # the init's mounts died with its mount namespace
+
+    def record(self, c: Container) -> dict[str, Any]:
+        return {"engine": shim_runc.ENGINE_NATIVE}
+
+
+class RuncEngine:
+    """An installed runc with the container's bundle (runtime.linux.shim_runc); blocking calls, each bounded."""
+
+    def __init__(self, shim: Shim, driver: shim_runc.RuncDriver) -> None:
+        self.shim = shim
+        self.driver = driver
+
+    def create(self, c: Container, msg: dict[str, Any], undo: list[Callable[[], None]]) -> bool:
+        """`runc create` with the shim's pipes as the container's stdio: runc returns once the container is
+        set up, its init then waits for `runc start`."""
+        shim = self.shim
+        if shim.pod_ns.get("user"):
+            raise ShimError(proto.UNSUPPORTED, "user namespaces are not supported with the runc handler",
+                            "linux.uid_mappings")
+        request = shim_runc.CreateRequest(
+            root_path=c.view.root_path, layers=tuple(str(x) for x in msg.get("layers") or []), upper=c.upper,
+            work=c.work, readonly=bool(msg.get("readonly")), cgroups_path=c.cgroup.path, terminal=c.tty)
+        pod = shim_runc.PodMounts(sandbox_dir=shim.config.sandbox_dir,
+                                  shm=shim.paths["shm"] if shim.config.ipc == "pod" else "",
+                                  ipc_pin=shim.pod_ns.get("ipc", ""))
+        parent_ends: dict[str, Any]
+        if c.tty:   # runc makes the terminal; its stdio are unused
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            stdio, parent_ends = cinit.Stdio(stdin=null, stdout=null, stderr=null), {"out": {}, "stdin": -1}
+        else:
+            stdio, parent_ends = shim._container_stdio(c, bool(msg.get("stdin")))
+        try:
+            c.pid, pty = self.driver.create(c.id, c.spec, request, pod, c.state_dir,
+                                            (stdio.stdin, stdio.stdout, stdio.stderr), undo)
+        except RuntimeFailure as e:
+            _close_fds([*parent_ends["out"], *([parent_ends["stdin"]] if parent_ends["stdin"] >= 0 else [])])
+            raise ShimError(proto.FAILURE, e.message) from None
+        finally:
+            _close_fds({fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd >= 0})
+        undo.clear()   # from here on _destroy_container cleans up (release)
+        shim._hold_stdio(c, parent_ends)
+        if pty >= 0:
+            c.pty_master = pty
+            shim._adopt_pty(c)
+        return True
+
+    def start(self, c: Container) -> bool:
+        try:
+            self.driver.start(c.id)
+        except RuntimeFailure as e:
+            self.shim._init_failed(c, proto.FAILURE, e.message, None)
+            return False
+        return True
+
+    def kill(self, c: Container, sig: int, all_processes: bool) -> None:
+        if not c.reaped:
+            self.driver.kill(c.id, sig, all_processes)
+
+    def exec(self, conn: Conn, c: Container, process: dict[str, Any], msg: dict[str, Any]) -> None:
+        """`runc exec --detach`: the process is re-parented to the shim when runc exits and reaped like a
+        native exec; its stdio are the same pipes (or runc's terminal)."""
+        shim = self.shim
+        theirs: list[int]
+        if msg.get("tty"):
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            stdio, mine, theirs = cinit.Stdio(stdin=null, stdout=null, stderr=null), [null], []
+        else:
+            stdio, mine, theirs = _exec_stdio(msg)
+        shim.exec_seq += 1
+        try:
+            pid, pty = self.driver.exec(c.id, process, c.state_dir, shim.exec_seq,
+                                        (stdio.stdin, stdio.stdout, stdio.stderr))
+        except RuntimeFailure as err:
+            _close_fds(theirs)
+            raise ShimError(proto.FAILURE, err.message) from None
+        finally:
+            _close_fds(mine)
+        started = Exec(id=f"{c.id[:12]}-{shim.exec_seq}", container=c.id, pid=pid)
+        shim.execs[started.id] = started
+        if pty >= 0:
+            conn.send(proto.ok(exec_id=started.id, pid=pid, tty=True), [pty])
+        else:
+            conn.send(proto.ok(exec_id=started.id, pid=pid), theirs)
+
+    def update(self, c: Container, resources: dict[str, Any]) -> None:
+        try:
+            self.driver.update(c.id, resources)
+        except RuntimeFailure as e:
+            raise ShimError(proto.FAILURE, e.message, "resources") from None
+
+    def release(self, c: Container) -> None:
+        self.driver.delete(c.id)
+        shim_runc.unmount_rootfs(c.view.root_path)
+
+    def record(self, c: Container) -> dict[str, Any]:
+        return {"engine": shim_runc.ENGINE_RUNC, "runc_path": self.driver.runc.binary,
+                "runc_root": self.driver.root, "rootfs_mount": c.view.root_path}
+
+
 # ---------------------------------------------------------------- the shim
 
 
@@ -359,6 +532,7 @@ class Shim:
         self.listener: socket.socket | None = None
         self.wakeup_r = -1
         self.host_cgroup_mounts: tuple[mounts.HostCgroupMount, ...] | None = None
+        self.engines: dict[str, Engine] = {shim_runc.ENGINE_NATIVE: NativeEngine(self)}   # runc ones by binary
 
     # ------------------------------------------------------------ startup
 
@@ -761,10 +935,12 @@ class Shim:
         except SpecError as e:
             raise ShimError(proto.UNSUPPORTED if e.unsupported else proto.INVALID_SPEC, e.message, e.field) \
                 from None
+        engine = self._engine(msg)
         undo: list[Callable[[], None]] = []
         try:
             c = self._prepare_container(cid, bundle, spec, view, msg, undo)
-            self._fork_init(c, msg, undo)
+            c.engine = engine
+            created = engine.create(c, msg, undo)
         except BaseException:
             for step in reversed(undo):
                 try:
@@ -774,6 +950,24 @@ class Shim:
             raise
         c.pending = conn
         self.containers[cid] = c
+        if created:
+            self._created(c)
+
+    def _engine(self, msg: dict[str, Any]) -> Engine:
+        name = msg.get("engine") or shim_runc.ENGINE_NATIVE
+        if name == shim_runc.ENGINE_NATIVE:
+            return self.engines[name]
+        if name != shim_runc.ENGINE_RUNC:
+            raise ShimError(proto.INVALID_SPEC, f"unknown container engine {name!r}", "engine")
+        binary = str(msg.get("runc_path") or "")
+        engine = self.engines.get(f"runc:{binary}")
+        if engine is None:
+            try:
+                driver = shim_runc.RuncDriver(binary, os.path.join(self.config.pod_dir, "runc"))
+            except RuntimeFailure as e:
+                raise ShimError(proto.UNSUPPORTED, e.message, "runc_path") from None
+            engine = self.engines[f"runc:{binary}"] = RuncEngine(self, driver)
+        return engine
 
     def _prepare_container(self, cid: str, bundle: str, spec: dict[str, Any], plan: ShimView,
                            msg: dict[str, Any], undo: list[Callable[[], None]]) -> Container:
@@ -841,6 +1035,12 @@ class Shim:
         child_chan.close()
         undo.clear()  # from here on the child's exit path cleans up (see _init_failed)
         c.pid, c.start_w, c.chan = pid, start_w, parent_chan
+        self._hold_stdio(c, parent_ends)
+        parent_chan.setblocking(False)
+        self.sel.register(parent_chan, selectors.EVENT_READ, lambda ev: self._on_init_chan(c))
+
+    def _hold_stdio(self, c: Container, parent_ends: dict[str, Any]) -> None:
+        """The shim's ends of a new container's stdio: output to the log and attachers, stdin from attach."""
         c.created_at = time.time_ns()
         c.out_fds = parent_ends["out"]
         c.stdin_w = parent_ends["stdin"]
@@ -849,8 +1049,6 @@ class Shim:
             self.sel.register(fd, selectors.EVENT_READ, self._output_reader(c, fd, stream))
         if c.stdin_w >= 0:
             c.stdin_writer = PipeWriter(self, c.stdin_w)
-        parent_chan.setblocking(False)
-        self.sel.register(parent_chan, selectors.EVENT_READ, lambda ev: self._on_init_chan(c))
 
     def _cgroup_mounts(self, cg: cgroups.Cgroup) -> tuple[mounts.HostCgroupMount, ...]:
         if self.host_cgroup_mounts is None:
@@ -972,12 +1170,9 @@ class Shim:
             raise ShimError(proto.WRONG_STATE, f"container {c.id} is {c.status()['state']}, not created")
         c.state = STATE_STARTING
         c.pending = conn
-        try:
-            os.write(c.start_w, b"s")
-        except OSError:
-            pass  # the init died meanwhile: the exit path answers
-        os.close(c.start_w)
-        c.start_w = -1
+        assert c.engine is not None
+        if c.engine.start(c):
+            self._started(c)
 
     def _started(self, c: Container) -> None:
         if not c.started_at:
@@ -1087,13 +1282,8 @@ class Shim:
         sig = int(msg.get("signal", signal.SIGKILL))
         if not 0 < sig < signal.NSIG:
             raise ShimError(proto.INVALID_SPEC, f"{sig} is not a signal", "signal")
-        if msg.get("all"):
-            c.cgroup.kill_all(sig)
-        if c.state != STATE_EXITED and not c.reaped:
-            try:
-                os.kill(c.pid, sig)
-            except ProcessLookupError:
-                pass
+        assert c.engine is not None
+        c.engine.kill(c, sig, bool(msg.get("all")))
         conn.send(proto.ok())
 
     def _reap(self) -> None:
@@ -1186,6 +1376,8 @@ class Shim:
         if not c.reaped and c.pid:
             _kill_and_reap(c.pid)
             c.reaped = True
+        if c.engine is not None:
+            c.engine.release(c)
         try:
             c.cgroup.destroy()
         except OSError as e:
@@ -1219,10 +1411,8 @@ class Shim:
 
     def op_update(self, conn: Conn, msg: dict[str, Any]) -> None:
         c = self._container(msg)
-        try:
-            c.cgroup.apply(msg.get("resources") or {})
-        except cgroups.CgroupError as e:
-            raise ShimError(proto.UNSUPPORTED, e.message, e.field) from None
+        assert c.engine is not None
+        c.engine.update(c, msg.get("resources") or {})
         conn.send(proto.ok())
 
     def op_stats(self, conn: Conn, msg: dict[str, Any]) -> None:
@@ -1243,6 +1433,11 @@ class Shim:
         if c.state != STATE_RUNNING or c.reaped:
             raise ShimError(proto.WRONG_STATE, f"container {c.id} is not running")
         process = _exec_process(c.spec.get("process") or {}, msg)
+        assert c.engine is not None
+        c.engine.exec(conn, c, process, msg)
+
+    def _native_exec(self, conn: Conn, c: Container, process: dict[str, Any], msg: dict[str, Any]) -> None:
+        """Fork the exec'd process into the container's namespaces and cgroup (runtime.linux.init)."""
         join_fds: dict[str, int] = {}
         pid_fd = -1
         try:
@@ -1343,10 +1538,12 @@ class Shim:
     def op_exec_kill(self, conn: Conn, msg: dict[str, Any]) -> None:
         e = self.execs.get(str(msg.get("exec_id")))
         if e is not None and e.exit_code is None:
+            sig = int(msg.get("signal", signal.SIGKILL))
             try:
-                os.killpg(e.pid, int(msg.get("signal", signal.SIGKILL)))  # the exec is its own group leader
+                os.killpg(e.pid, sig)  # a native exec is its own group leader
             except ProcessLookupError:
-                pass
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(e.pid, sig)   # a runc exec may not be
         conn.send(proto.ok())
 
     def op_exec_forget(self, conn: Conn, msg: dict[str, Any]) -> None:

@@ -90,6 +90,11 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, report)")
     ap.add_argument("--network", choices=("cni", "builtin"), default="cni",
                     help="pod network of the daemon: a CNI bridge conflist, or the built-in network")
+    ap.add_argument("--builtin-bridge", default="cstcrit0", help="bridge name of the built-in network")
+    ap.add_argument("--nft-table", default="cst_critest", help="nftables table of the built-in network")
+    ap.add_argument("--builtin-subnet", default="10.216.0.0/16", help="subnet of the built-in network")
+    ap.add_argument("--runc-path", default=None,
+                    help='runtime.runc_path of the daemon (handler "runc"; pass -runtime-handler=runc to critest)')
     ap.add_argument("critest_args", nargs="*", help="extra critest flags, e.g. -ginkgo.focus=...")
     args = ap.parse_args()
 
@@ -97,9 +102,10 @@ def main() -> int:
     registry, hosts = start_mirror()
     try:
         # Pods critest makes without a cgroup parent go under one named after the test base (the leak check's tag).
-        network = {"mode": "builtin", "builtin_bridge": "cstcrit0", "nft_table": "cst_critest",
-                   "builtin_subnet": "10.216.0.0/16"} if args.network == "builtin" else {}
-        daemon = new_daemon({"registry": {"config_path": str(hosts)}, "network": network,
+        network = {"mode": "builtin", "builtin_bridge": args.builtin_bridge, "nft_table": args.nft_table,
+                   "builtin_subnet": args.builtin_subnet} if args.network == "builtin" else {}
+        runtime = {"runc_path": args.runc_path} if args.runc_path is not None else {}
+        daemon = new_daemon({"registry": {"config_path": str(hosts)}, "network": network, "runtime": runtime,
                              "lifecycle": {"cgroup_parent": f"/cri-shim-{cgroup_tag(TMP_BASE)}"}},
                             cni=args.network == "cni", log_level="info").start()
     except BaseException:
