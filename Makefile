@@ -112,15 +112,15 @@ test: deps venv stubs tools typecheck
 # cri-shim against a private containerd + runc (Debian's) on the same machine, workloads interleaved A B A B:
 # critest -benchmark, pod start, density, restart, cold pull. Tables on stdout, JSON in bench/results/ (< 30 min).
 bench: venv stubs tools
-	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cri-shim-bench} $(PY) -m bench.compare
+	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cst-bench} $(PY) -m bench.compare
 
 # The same harness with a few iterations of each workload (part of `make test`, so the harness never rots).
 bench-smoke: venv stubs tools
-	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cri-shim-bench} $(PY) -m bench.compare --smoke
+	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cst-bench} $(PY) -m bench.compare --smoke
 
 # Cold pull of a 5-layer ~200 MB image from a loopback registry, next to skopeo (prints a ratio).
 bench-pull: venv stubs
-	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cri-shim-bench} $(PY) -m bench.pull
+	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cst-bench} $(PY) -m bench.pull
 
 clean:
 	rm -rf $(VENV) $(BIN) $(STUBS) build *.egg-info .pytest_cache .mypy_cache
@@ -132,7 +132,7 @@ bench-streaming: venv stubs $(BIN)/streaming-client
 # Native Linux runtime: pod shim start, container create+start vs runc create+start, per-pod PSS (root).
 .PHONY: bench-runtime
 bench-runtime: venv stubs
-	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cri-shim-bench} $(PY) -m bench.runtime
+	CRI_SHIM_TEST_TMP=$${CRI_SHIM_TEST_TMP:-/tmp/cst-bench} $(PY) -m bench.runtime
 
 # Install cri-shim as a systemd service: a venv in $(PREFIX), the unit, tmpfiles, and /etc/cri-shim/config.toml
 # and /etc/crictl.yaml when absent (an existing config is never overwritten). Then:

@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000)
     args = ap.parse_args()
     h = open_hierarchy()
-    tag = Path(os.environ.get("CRI_SHIM_TEST_TMP", "/tmp/cri-shim-tests")).name
+    tag = Path(os.environ.get("CRI_SHIM_TEST_TMP", "/tmp/cst-tests")).name
     parent = h.cgroup(f"/cri-shim-bench-{tag}-{secrets.token_hex(3)}")
     parent.create()
     try:

@@ -201,7 +201,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.runtime needs root")
-    base_dir = Path(os.environ.get("CRI_SHIM_TEST_TMP", "/tmp/cri-shim-bench"))
+    base_dir = Path(os.environ.get("CRI_SHIM_TEST_TMP", "/tmp/cst-bench"))
     base_dir.mkdir(parents=True, exist_ok=True)
     rootfs = build_busybox_rootfs(Path(tempfile.mkdtemp(prefix="bench-rootfs-", dir=base_dir)))
     lab = Lab(rootfs, name="bench")

@@ -211,8 +211,8 @@ class Daemon:
                     handlers[HANDLER_RUNC] = LinuxBackend(
                         cfg.state_dir / "runc", cgroup_driver=cfg.runtime.cgroup_driver,
                         log_level=cfg.server.log_level, runc_path=runc)
-                except base.RuntimeFailure as e:
-                    raise StartupError(f"cannot set up runtime handler {HANDLER_RUNC!r}: {e.message}") from None
+                except base.RuntimeFailure as e:   # optional: the native runtime still serves every pod
+                    log.warning("no %r runtime handler: %s", HANDLER_RUNC, e.message)
             elif runc:
                 log.info("runtime.runc_path %s is not an executable: no %r runtime handler", runc, HANDLER_RUNC)
         if self.windows_host or cfg.windows.test_fake_hcs:

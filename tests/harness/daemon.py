@@ -19,7 +19,9 @@ from cri_shim.api import api_pb2 as pb
 from cri_shim.api import api_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[2]
-TMP_BASE = Path(os.environ.get("CRI_SHIM_TEST_TMP", "/tmp/cri-shim-tests"))
+# Short on purpose: a daemon's state dir (<base>/dXXXXXXXX/s) and the runc handler's (<state>/runc) must leave room
+# for the pod shim sockets below them in sun_path's 108 bytes.
+TMP_BASE = Path(os.environ.get("CRI_SHIM_TEST_TMP", "/tmp/cst-tests"))
 CNI_BIN_DIRS = ["/usr/lib/cni", "/opt/cni/bin"]
 
 # A bridge network like the one operators install; used wherever NetworkReady must be true.

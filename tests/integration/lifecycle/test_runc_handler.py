@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,7 +22,7 @@ import pytest
 
 from cri_shim.api import api_pb2 as pb
 from tests.conftest import stop_and_clean
-from tests.harness.daemon import Daemon
+from tests.harness.daemon import TMP_BASE, Daemon, make_workdir
 from tests.integration.lifecycle.test_streaming_daemon import _read_pty
 from tests.harness.lifecycle_env import (Cri, Mirror, container_config, lifecycle_daemon, pod_config, rpc_error,
                                          wait_for)
@@ -288,3 +289,22 @@ def test_a_missing_executable_fails_clearly_and_leaves_nothing(cri: Cri, daemon:
     assert runc_list(daemon, sid) == []
     assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
                 if str(daemon.root / "containers") in line]
+
+
+def test_a_runc_handler_that_cannot_be_set_up_leaves_the_daemon_serving_the_native_one(mirror: Mirror) -> None:
+    # A state dir that just fits the native pod shim sockets but not <state>/runc/...: the optional handler is
+    # left out with a warning instead of the daemon refusing to start.
+    workdir = make_workdir() / ("x" * (29 - len(str(TMP_BASE / "dxxxxxxxx")) - 1))
+    workdir.mkdir()
+    d = runc_daemon(mirror, workdir=workdir)
+    assert len(str(d.state)) <= 32 < len(str(d.state / "runc"))
+    d.start()
+    try:
+        client = d.client()
+        handlers = [h.name for h in client.runtime.Status(pb.StatusRequest(), timeout=10).runtime_handlers]
+        client.close()
+        assert handlers == [""]
+        assert "no 'runc' runtime handler" in d.log_tail()
+    finally:
+        stop_and_clean(d)
+        shutil.rmtree(workdir.parent, ignore_errors=True)
