@@ -166,7 +166,8 @@ class Daemon:
         for sub in ("sandboxes", "containers"):
             _mkdir(cfg.root_dir / sub, 0o700, sub)
         metrics = Metrics()
-        network = self._network = PodNetworkManager(cfg, store, registry=metrics.registry)
+        network = self._network = PodNetworkManager(cfg, store, registry=metrics.registry,
+                                                    builtin_available=not self.windows_host)
         resources.callback(network.close)
         handlers = self._handlers()
         windows = self._windows

@@ -48,6 +48,8 @@ if TYPE_CHECKING:   # the built-in network is Linux only (netlink, nftables): im
 log = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
+WINDOWS_NO_BUILTIN = ("the built-in network (bridge, veth, nftables) exists only on Linux nodes; on a Windows node "
+                      "put a CNI network configuration (win-bridge, nat) in network.cni_conf_dir")
 CNI = "cni"
 NETWORK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 NOT_READY_REASON = "NetworkPluginNotReady"
@@ -65,8 +67,10 @@ class NetworkStatus:
 
 
 class PodNetworkManager:
-    def __init__(self, config: Config, store: MetadataStore, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config: Config, store: MetadataStore, registry: CollectorRegistry | None = None,
+                 builtin_available: bool = True) -> None:
         n = config.network
+        self._builtin_available = builtin_available   # False on a Windows node: no bridge/veth/nftables there
         registry = registry if registry is not None else CollectorRegistry()
         self.mode = n.mode
         self.netns_dir = config.state_dir / "netns"   # where the lifecycle pins pods' netns (for gc)
@@ -200,6 +204,8 @@ class PodNetworkManager:
         return None
 
     def _builtin_network(self) -> BuiltinNetwork:
+        if not self._builtin_available:
+            raise FailedPrecondition(WINDOWS_NO_BUILTIN)
         if self._builtin is None:
             from cri_shim.network.builtin import BuiltinNetwork, BuiltinSettings   # Linux only (pyroute2)
             n = self._network_config
@@ -210,6 +216,8 @@ class PodNetworkManager:
         return self._builtin
 
     def _builtin_problem(self) -> str:
+        if not self._builtin_available:
+            return WINDOWS_NO_BUILTIN
         try:
             self._builtin_network()
         except NftError as e:
