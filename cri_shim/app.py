@@ -130,6 +130,14 @@ def sd_notify(message: str) -> None:
         s.sendall(message.encode())
 
 
+def probe_host(windows_host: bool = sys.platform == "win32") -> HostReport:
+    """What Status and `cri-shim check` report about the host: the Linux kernel's features, or none on Windows."""
+    if windows_host:
+        return windows_report(sys.platform)
+    from runtime.linux import host as linux_host   # Linux only (the probe reads /proc and /sys)
+    return linux_host.probe()
+
+
 class Daemon:
     def __init__(self, config: Config, windows_host: bool = sys.platform == "win32") -> None:
         self.config = config
@@ -153,7 +161,7 @@ class Daemon:
                 resources.callback(os.close, fd)
         for sub in ("content", "snapshots"):
             _mkdir(cfg.root_dir / sub, 0o700, sub)
-        host = self._probe_host()
+        host = probe_host(self.windows_host)
         if not self.windows_host and cfg.runtime.cgroup_driver == "systemd" and not host.systemd_pid1:
             raise StartupError("runtime.cgroup_driver = \"systemd\" but systemd is not running as PID 1 on this host; "
                                "use \"cgroupfs\" (and kubelet's cgroupDriver: cgroupfs)")
@@ -182,12 +190,6 @@ class Daemon:
                             user_namespaces=b.features.user_namespaces) for name, b in handlers.items()]
         return DaemonContext(config=cfg, store=store, host=host, metrics=metrics, images=images,
                              lifecycle=lifecycle, handlers=info)
-
-    def _probe_host(self) -> HostReport:
-        if self.windows_host:
-            return windows_report(sys.platform)
-        from runtime.linux import host as linux_host   # Linux only (the probe reads /proc and /sys)
-        return linux_host.probe()
 
     def _handlers(self) -> dict[str, base.Backend]:
         """Runtime handlers. Linux: "" is the native Linux runtime. Windows: one backend per Windows handler,
