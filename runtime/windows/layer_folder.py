@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from runtime.base import RuntimeFailure
 from runtime.windows.layer_tar import FILE_ATTRIBUTE_DIRECTORY, FileInfo, LayerFormatError, parse
 
 TOMBSTONES = "tombstones.txt"
@@ -49,10 +50,14 @@ class FolderWriter:
     def add(self, path: str, info: FileInfo, sddl: str) -> None:
         self._close_current()
         local = self._local(path)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        if info.attributes & FILE_ATTRIBUTE_DIRECTORY:
+        self._parent(path, local)
+        directory = bool(info.attributes & FILE_ATTRIBUTE_DIRECTORY)
+        if local.is_dir() != directory and local.exists():
+            raise LayerFormatError(path, "a file and a directory at the same path in one layer")
+        if directory:
             local.mkdir(exist_ok=True)
             return
+        local.unlink(missing_ok=True)   # a later entry for the same path replaces the earlier one, as in tar
         self._current = open(local, "xb")
         self._current_path = path
 
@@ -71,8 +76,17 @@ class FolderWriter:
         if not source.is_file():
             raise LayerFormatError(path, f"hard link to {target!r}, which is not a file earlier in the layer")
         local = self._local(path)
-        local.parent.mkdir(parents=True, exist_ok=True)
+        self._parent(path, local)
+        if local.is_dir():
+            raise LayerFormatError(path, "a hard link where the layer has a directory")
+        local.unlink(missing_ok=True)
         os.link(source, local)
+
+    def _parent(self, path: str, local: Path) -> None:
+        for parent in reversed(local.relative_to(self.root).parents[:-1]):
+            if (self.root / parent).is_file():
+                raise LayerFormatError(path, f"{parent} is a file earlier in the layer, not a directory")
+        local.parent.mkdir(parents=True, exist_ok=True)
 
     def remove(self, path: str) -> None:
         self._close_current()
@@ -95,5 +109,7 @@ def write_layer_folder(source: BinaryIO, target: Path, max_bytes: int = 0) -> in
     writer = FolderWriter(target, max_bytes)
     try:
         return parse(source, writer)
+    except OSError as e:   # the disk, not the layer: ENOSPC, EACCES on the snapshot directory
+        raise RuntimeFailure(f"cannot write the layer folder {target}: {e.strerror or e}") from None
     finally:
         writer.close()

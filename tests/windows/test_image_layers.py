@@ -195,6 +195,18 @@ def test_the_layer_byte_budget_stops_a_large_windows_layer(tmp_path: Path) -> No
         unpack(io.BytesIO(layer_tar(entry("Files/big.bin", bytes(200)))), tmp_path)
 
 
+def test_a_later_entry_replaces_an_earlier_one_and_file_directory_clashes_are_refused(tmp_path: Path) -> None:
+    unpack = windows_layers.unpacker(0)
+    unpack(io.BytesIO(layer_tar(entry("Files/a.txt", b"first"), entry("Files/a.txt", b"second"))), tmp_path / "ok")
+    assert (tmp_path / "ok" / "Files" / "a.txt").read_bytes() == L.stream_header(L.BACKUP_DATA, 6) + b"second"
+    with pytest.raises(L.LayerFormatError, match="a file and a directory at the same path"):
+        unpack(io.BytesIO(layer_tar(entry("Files/x", b"file"), entry("Files/x", kind=tarfile.DIRTYPE))),
+               tmp_path / "clash")
+    with pytest.raises(L.LayerFormatError, match="is a file earlier in the layer"):
+        unpack(io.BytesIO(layer_tar(entry("Files/x", b"file"), entry("Files/x/y", b"under a file"))),
+               tmp_path / "under")
+
+
 @pytest.mark.windows_only
 def test_a_pulled_windows_image_runs_a_process_isolated_container_on_a_real_node() -> None:
     """BackupWrite + HcsImportLayer / HcsSetupBaseOSLayer (blank.vhdx) into layer folders HCS can mount."""
