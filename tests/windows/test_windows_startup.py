@@ -3,8 +3,9 @@
 A child interpreter blocks fcntl, pwd, grp, termios, resource, pty, tty, pyroute2
 and runtime.linux (tests/harness/not_windows.py), then runs
 `app.Daemon(windows_host=True)` on the fake HCS and drives it over gRPC:
-Status, a HostProcess pod, PullImage of a windows/amd64 image (imported into
-layer folders by the image store) and the pod's removal. Every import the
+Status, a HostProcess pod, stats/metrics/RuntimeConfig/ImageFsInfo, PullImage
+of a windows/amd64 image (imported into layer folders by the image store) and
+the pod's removal. Every import the
 blocker refused is reported, so a Linux-only import reached at run time (not
 only at import time) fails here. Still not shown (windows_only, README): the
 real DLLs, the named pipe, the service host.
@@ -64,6 +65,7 @@ def test_the_windows_mode_daemon_runs_a_pod_and_pulls_a_windows_image_without_li
         assert not network_ready and "exists only on Linux nodes" in message
         assert out["pod_state"] == pb.SANDBOX_READY and out["pods_left"] == 0
         assert out["image_ref"].startswith("sha256:") and out["image_size"] > 0
+        assert out["imagefs"] == 1
         folders = sorted(p.parent.name for p in (workdir / "root" / "snapshots").rglob("Files"))
         assert len(folders) == 2                      # both layers imported as Windows layer folders
         report = json.loads((workdir / "fake-hcs" / "fake-hcs.json").read_text())

@@ -52,6 +52,13 @@ async def drive(config: Path, port: int, image: str) -> dict[str, Any]:
             pod = (await rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config), timeout=30)).pod_sandbox_id
             out["pod_state"] = (await rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod),
                                                           timeout=10)).status.state
+            # RPCs whose Linux paths read cgroups, /proc or the host: on Windows they must take none of them
+            await rt.ListPodSandboxStats(pb.ListPodSandboxStatsRequest(), timeout=10)
+            await rt.ListContainerStats(pb.ListContainerStatsRequest(), timeout=10)
+            await rt.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest(), timeout=10)
+            await rt.ListMetricDescriptors(pb.ListMetricDescriptorsRequest(), timeout=10)
+            await rt.RuntimeConfig(pb.RuntimeConfigRequest(), timeout=10)
+            out["imagefs"] = len((await img.ImageFsInfo(pb.ImageFsInfoRequest(), timeout=10)).image_filesystems)
             pulled = await img.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
             out["image_ref"] = pulled.image_ref
             found = await img.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=image)), timeout=10)
