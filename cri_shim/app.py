@@ -52,7 +52,7 @@ from cri_shim.streaming import StreamingServer
 from cri_shim.windows_mapping import HANDLER_PROCESS
 from cri_shim.windows_relay import Relay
 from runtime import base
-from runtime.linux import host as linux_host
+from runtime.host_report import HostReport, windows_report
 from runtime.logs import CriLogWriter
 
 log = logging.getLogger(__name__)
@@ -132,11 +132,12 @@ def sd_notify(message: str) -> None:
         s.sendall(message.encode())
 
 
-def windows_host_report() -> linux_host.HostReport:
-    """Status' host section on a Windows node: none of the Linux kernel features apply."""
-    return linux_host.HostReport(cgroup_mode=linux_host.CgroupMode.NONE, cgroup_controllers=(), overlayfs=False,
-                                 seccomp_kernel=False, libseccomp=None, user_namespaces=False,
-                                 idmapped_mounts_kernel=False, systemd_pid1=False, kernel=sys.platform)
+def probe_host(windows_host: bool = sys.platform == "win32") -> HostReport:
+    """What Status and `cri-shim check` report about the host: the Linux kernel's features, or none on Windows."""
+    if windows_host:
+        return windows_report(sys.platform)
+    from runtime.linux import host as linux_host   # Linux only (the probe reads /proc and /sys)
+    return linux_host.probe()
 
 
 class Daemon:
@@ -162,7 +163,7 @@ class Daemon:
                 resources.callback(os.close, fd)
         for sub in ("content", "snapshots"):
             _mkdir(cfg.root_dir / sub, 0o700, sub)
-        host = windows_host_report() if self.windows_host else linux_host.probe()
+        host = probe_host(self.windows_host)
         if not self.windows_host and cfg.runtime.cgroup_driver == "systemd" and not host.systemd_pid1:
             raise StartupError("runtime.cgroup_driver = \"systemd\" but systemd is not running as PID 1 on this host; "
                                "use \"cgroupfs\" (and kubelet's cgroupDriver: cgroupfs)")
@@ -175,7 +176,8 @@ class Daemon:
         for sub in ("sandboxes", "containers"):
             _mkdir(cfg.root_dir / sub, 0o700, sub)
         metrics = Metrics()
-        network = self._network = PodNetworkManager(cfg, store, registry=metrics.registry)
+        network = self._network = PodNetworkManager(cfg, store, registry=metrics.registry,
+                                                    builtin_available=not self.windows_host)
         resources.callback(network.close)
         handlers = self._handlers()
         windows = self._windows

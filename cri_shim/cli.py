@@ -54,11 +54,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from cri_shim.app import probe_host
     from cri_shim.network.cni_config import find_network_config
-    from runtime.linux.host import probe
 
     cfg = config.load(args.config)
-    host = probe()
+    host = probe_host()
     network = find_network_config(Path(cfg.network.cni_conf_dir), cfg.network.cni_bin_dirs)
     report: dict[str, Any] = dataclasses.asdict(host)
     report["cgroup_mode"] = host.cgroup_mode.value

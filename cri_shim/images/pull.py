@@ -234,8 +234,9 @@ class Puller:
             log.warning("%s is built for %s/%s, not for this node (%s)", what, config.os, config.architecture, node)
 
     def _plan(self, descs: tuple[Descriptor, ...], config: ImageConfig) -> list[_Layer]:
-        # Windows layers (and foreign layers, which only Windows images have) are stored, never unpacked here.
-        native = config.os == self.settings.platform.os == "linux"
+        # Only images of the node's OS are unpacked (the store's unpacker is that OS's: store.unpacker); foreign
+        # layers (Windows base layers that may live outside the registry) are stored, never unpacked here.
+        native = config.os == self.settings.platform.os
         return [_Layer(desc=d, diff_id=diff_id, chain_id=chain, unpack=native and not manifest.is_foreign(d))
                 for d, diff_id, chain in zip(descs, config.diff_ids, chain_ids(config.diff_ids))]
 

@@ -43,7 +43,6 @@ from cri_shim.images.pull import Puller, PullSettings, Unpacker
 from cri_shim.images.snapshots import ZERO, SnapshotStore, Usage, disk_usage
 from cri_shim.store.db import MetadataStore
 from cri_shim.types import ImageId
-from runtime.linux.unpack import UnpackLimits, unpack_layer
 
 log = logging.getLogger(__name__)
 
@@ -272,13 +271,26 @@ def build(config: Config, db: MetadataStore) -> ImageStore:
                             progress_timeout=i.pull_progress_timeout,
                             platform=platform.parse(i.platform) if i.platform else platform.host(),
                             max_layer_bytes=i.max_layer_bytes)
-    limits = UnpackLimits(max_bytes=i.max_layer_bytes or UnpackLimits().max_bytes)
-    # start_writeback: the disk writes a layer's big files while the pull goes on, so the syncfs()
-    # before the image is recorded waits ~5 ms instead of ~100 ms (bench/pull.py, 200 MB image).
-    unpacker = functools.partial(unpack_layer, limits=limits, start_writeback=True)
-    store = ImageStore(config.root_dir, db, settings, unpacker, pinned=i.pinned_images)
+    store = ImageStore(config.root_dir, db, settings, unpacker(settings.platform.os, i.max_layer_bytes),
+                       pinned=i.pinned_images)
     store.open()
     return store
+
+
+def unpacker(os_name: str, max_layer_bytes: int) -> Unpacker:
+    """How a layer becomes a snapshot directory, by the OS of the images this node pulls (the one platform
+    switch: the Linux unpacker is imported only when it is chosen, so the daemon imports on Windows).
+
+    linux: an overlay lowerdir (runtime.linux.unpack). windows: a Windows layer folder (Files\\, Hives\\;
+    cri_shim.images.windows_layers)."""
+    if os_name == "windows":
+        from cri_shim.images import windows_layers
+        return windows_layers.unpacker(max_layer_bytes)
+    from runtime.linux.unpack import UnpackLimits, unpack_layer
+    limits = UnpackLimits(max_bytes=max_layer_bytes or UnpackLimits().max_bytes)
+    # start_writeback: the disk writes a layer's big files while the pull goes on, so the syncfs()
+    # before the image is recorded waits ~5 ms instead of ~100 ms (bench/pull.py, 200 MB image).
+    return functools.partial(unpack_layer, limits=limits, start_writeback=True)
 
 
 def _pinned_names(pinned: list[str]) -> set[str]:

@@ -25,7 +25,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -33,7 +33,6 @@ from cri_shim.api import api_pb2 as pb
 from cri_shim.config import Config
 from cri_shim.errors import FailedPrecondition, Internal
 from cri_shim.network.allocations import Allocations
-from cri_shim.network.builtin import BuiltinNetwork, BuiltinSettings
 from cri_shim.network.cni import CniCall, CniRunner, pod_ips
 from cri_shim.network.cni_config import NetworkConfigList
 from cri_shim.network.conf_watch import ConfWatcher
@@ -42,11 +41,15 @@ from cri_shim.network.types import PodNetworkSpec, PodNetworkStatus, pod_from_cr
 from cri_shim.services.runtime_config import POD_CIDR_SETTING
 from cri_shim.services.undo import UndoStack
 from cri_shim.store.db import MetadataStore
-from runtime.linux import netns
+
+if TYPE_CHECKING:   # the built-in network is Linux only (netlink, nftables): imported when first used
+    from cri_shim.network.builtin import BuiltinNetwork
 
 log = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
+WINDOWS_NO_BUILTIN = ("the built-in network (bridge, veth, nftables) exists only on Linux nodes; on a Windows node "
+                      "put a CNI network configuration (win-bridge, nat) in network.cni_conf_dir")
 CNI = "cni"
 NETWORK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 NOT_READY_REASON = "NetworkPluginNotReady"
@@ -64,8 +67,10 @@ class NetworkStatus:
 
 
 class PodNetworkManager:
-    def __init__(self, config: Config, store: MetadataStore, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config: Config, store: MetadataStore, registry: CollectorRegistry | None = None,
+                 builtin_available: bool = True) -> None:
         n = config.network
+        self._builtin_available = builtin_available   # False on a Windows node: no bridge/veth/nftables there
         registry = registry if registry is not None else CollectorRegistry()
         self.mode = n.mode
         self.netns_dir = config.state_dir / "netns"   # where the lifecycle pins pods' netns (for gc)
@@ -73,8 +78,7 @@ class PodNetworkManager:
         self._store = store
         self._alloc = Allocations(store)
         self.cni = CniRunner(n.cni_bin_dirs, config.root_dir / "cni", n.cni_plugin_timeout, registry)
-        self._settings = BuiltinSettings(subnet=ipaddress.IPv4Network(n.builtin_subnet), bridge=n.builtin_bridge,
-                                         nft_table=n.nft_table, masquerade=n.builtin_masquerade)
+        self._network_config = n
         self._builtin: BuiltinNetwork | None = None   # made on first use: CNI-only nodes need no libnftables
         self._nft: Nft | None = None
         self._latency = Histogram("cri_shim_pod_network_duration_seconds",
@@ -103,8 +107,9 @@ class PodNetworkManager:
         cni_note = "" if self.mode == BUILTIN else f"{found.message}; "
         if problem:
             return NetworkStatus(False, f"{cni_note}the built-in network cannot be used: {problem}", NOT_READY_REASON)
-        s = self._settings
-        return NetworkStatus(True, f"{cni_note}pods use the built-in network (bridge {s.bridge}, subnet {s.subnet})")
+        n = self._network_config
+        return NetworkStatus(True, f"{cni_note}pods use the built-in network (bridge {n.builtin_bridge}, "
+                                   f"subnet {n.builtin_subnet})")
 
     # ------------------------------------------------------------ per pod
 
@@ -143,7 +148,7 @@ class PodNetworkManager:
     async def check(self, sandbox_id: str, netns_path: Path) -> None:
         """CHECK the pod's network (CNI CHECK, or the built-in veth and address); raises if it is broken."""
         started = time.monotonic()
-        if not netns.is_netns(netns_path):
+        if not _netns_present(netns_path):
             raise FailedPrecondition(f"pod sandbox {sandbox_id} has no network namespace at {netns_path}")
         if await asyncio.to_thread(self.cni.load_cache, sandbox_id) is not None:
             await self.cni.check(sandbox_id)
@@ -199,12 +204,20 @@ class PodNetworkManager:
         return None
 
     def _builtin_network(self) -> BuiltinNetwork:
+        if not self._builtin_available:
+            raise FailedPrecondition(WINDOWS_NO_BUILTIN)
         if self._builtin is None:
+            from cri_shim.network.builtin import BuiltinNetwork, BuiltinSettings   # Linux only (pyroute2)
+            n = self._network_config
+            settings = BuiltinSettings(subnet=ipaddress.IPv4Network(n.builtin_subnet), bridge=n.builtin_bridge,
+                                       nft_table=n.nft_table, masquerade=n.builtin_masquerade)
             self._nft = Nft()
-            self._builtin = BuiltinNetwork(self._settings, self._alloc, self._nft)
+            self._builtin = BuiltinNetwork(settings, self._alloc, self._nft)
         return self._builtin
 
     def _builtin_problem(self) -> str:
+        if not self._builtin_available:
+            return WINDOWS_NO_BUILTIN
         try:
             self._builtin_network()
         except NftError as e:
@@ -256,7 +269,10 @@ class PodNetworkManager:
 
 def _netns_present(netns_path: Path) -> bool:
     """A Linux netns pin, or a Windows pod's HCN namespace GUID (the daemon deletes that only after CNI DEL)."""
-    return bool(HCN_NAMESPACE.match(str(netns_path))) or netns.is_netns(netns_path)
+    if HCN_NAMESPACE.match(str(netns_path)):
+        return True
+    from runtime.linux import netns   # only Linux pods have netns pins
+    return netns.is_netns(netns_path)
 
 
 def _cni_args(spec: PodNetworkSpec) -> tuple[tuple[str, str], ...]:

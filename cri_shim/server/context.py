@@ -11,7 +11,7 @@ from cri_shim.server.metrics import Metrics
 from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.services.status import HandlerInfo
 from cri_shim.store.db import MetadataStore
-from runtime.linux.host import HostReport
+from runtime.host_report import HostReport
 
 
 @dataclass

@@ -31,15 +31,17 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 
 from cri_shim.api import api_pb2 as pb
 from cri_shim.errors import InvalidArgument, Unimplemented
 from runtime import base, oci
-from runtime.linux import capabilities, seccomp, users
-from runtime.linux.security_context import AppArmorType, SecurityContextRequest, SecurityParts, security_parts
+
+if TYPE_CHECKING:   # the Linux security modules are imported where a Linux spec is built (not on Windows)
+    from runtime.linux import seccomp, users
+    from runtime.linux.security_context import AppArmorType, SecurityContextRequest, SecurityParts
 
 MAX_ENV_BYTES = 1 << 20
 HOSTNAME_ENV = "HOSTNAME"
@@ -188,6 +190,7 @@ def stop_signal(config: pb.ContainerConfig, image: ImageInfo) -> int:
 
 def _profile(profile: pb.SecurityProfile | None, legacy: str,
              field_name: str) -> tuple[seccomp.ProfileType | None, str]:
+    from runtime.linux import seccomp
     if profile is not None:
         kinds = {pb.SecurityProfile.RuntimeDefault: seccomp.ProfileType.RUNTIME_DEFAULT,
                  pb.SecurityProfile.Unconfined: seccomp.ProfileType.UNCONFINED,
@@ -197,6 +200,7 @@ def _profile(profile: pb.SecurityProfile | None, legacy: str,
 
 
 def _apparmor(sc: pb.LinuxContainerSecurityContext) -> tuple[AppArmorType | None, str]:
+    from runtime.linux.security_context import AppArmorType
     if sc.HasField("apparmor"):
         kinds = {pb.SecurityProfile.RuntimeDefault: AppArmorType.RUNTIME_DEFAULT,
                  pb.SecurityProfile.Unconfined: AppArmorType.UNCONFINED,
@@ -214,6 +218,8 @@ def _apparmor(sc: pb.LinuxContainerSecurityContext) -> tuple[AppArmorType | None
 
 def security_request(config: pb.ContainerConfig, pod: pb.PodSandboxConfig,
                      image: ImageInfo) -> SecurityContextRequest:
+    from runtime.linux import capabilities, users
+    from runtime.linux.security_context import SecurityContextRequest
     sc = config.linux.security_context
     seccomp_type, seccomp_ref = _profile(sc.seccomp if sc.HasField("seccomp") else None, sc.seccomp_profile_path,
                                          "linux.security_context.seccomp_profile_path")
@@ -238,6 +244,7 @@ def security_request(config: pb.ContainerConfig, pod: pb.PodSandboxConfig,
 
 
 def _security(config: pb.ContainerConfig, pod: pb.PodSandboxConfig, image: ImageInfo) -> SecurityParts:
+    from runtime.linux.security_context import security_parts
     try:
         return security_parts(security_request(config, pod, image), image.layers)
     except (base.InvalidSpec, base.Unsupported) as e:

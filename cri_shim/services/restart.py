@@ -34,7 +34,6 @@ from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.store.container import ContainerState
 from cri_shim.store.sandbox import SandboxState
 from runtime import base
-from runtime.linux import netns
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +169,7 @@ def _entries(directory: Path) -> list[str]:
 def _remove(report: RecoveryReport, path: Path, pin: bool = False) -> None:
     try:
         if pin:
+            from runtime.linux import netns   # pins exist only on Linux nodes
             netns.remove(path)
         else:
             shutil.rmtree(path)

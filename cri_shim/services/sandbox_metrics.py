@@ -21,6 +21,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cri_shim.api import api_pb2 as pb
 from cri_shim.errors import CriError
@@ -28,7 +29,9 @@ from cri_shim.services.container_stats import stats_of
 from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.store.container import Container, ContainerState
 from cri_shim.store.sandbox import Sandbox, SandboxState
-from runtime.linux import metrics as linux_metrics
+
+if TYPE_CHECKING:
+    from runtime.linux import metrics as linux_metrics
 
 BASE_LABELS = ("container", "id", "image", "name", "namespace", "pod")
 COUNTER, GAUGE = pb.COUNTER, pb.GAUGE
@@ -158,6 +161,7 @@ async def _sample(state: RuntimeState, c: Container) -> tuple[linux_metrics.Cont
     path = _cgroups_path(c)
     if not path:
         return None
+    from runtime.linux import metrics as linux_metrics   # cgroup paths exist only on Linux nodes
     upper = str(state.container_dir(c.id) / "scratch" / "upper")
     sample = await asyncio.to_thread(linux_metrics.sample_container, path, upper)
     usage = None

@@ -28,7 +28,6 @@ from cri_shim.services.undo import UndoStack
 from cri_shim.store.sandbox import Sandbox, SandboxState, sandbox_name
 from cri_shim.types import SandboxId
 from runtime import base
-from runtime.linux import netns
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +212,7 @@ async def _create(state: RuntimeState, config: pb.PodSandboxConfig, handler: str
             state.sandboxes.put(sb)
             await fp.hit("sandbox_run.after_network")
         elif sb.netns_path is not None:
+            from runtime.linux import netns   # Linux only: not imported on a Windows node
             netns_path = Path(sb.netns_path)
             with timer.time(phases.NETNS, sid), mapped("cannot create the pod's network namespace"):
                 netns_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

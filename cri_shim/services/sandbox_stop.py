@@ -19,7 +19,6 @@ from cri_shim.services.backend_errors import mapped
 from cri_shim.services.runtime_state import RuntimeState
 from cri_shim.store.container import ContainerState
 from cri_shim.store.sandbox import SandboxState
-from runtime.linux import netns
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +74,7 @@ async def release_network(state: RuntimeState, sandbox_id: str) -> None:
         return
     if sb is None or sb.netns_path is None:
         return
+    from runtime.linux import netns   # Linux only: not imported on a Windows node
     netns_path = sb.netns_path
     if sb.network_ready:
         await state.failpoints.hit("sandbox_stop.before_network_teardown")

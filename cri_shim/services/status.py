@@ -19,7 +19,7 @@ from cri_shim.config import Config
 from cri_shim.network.manager import NetworkStatus
 from cri_shim.services.runtime_config import POD_CIDR_SETTING
 from cri_shim.store.db import MetadataStore
-from runtime.linux.host import HostReport
+from runtime.host_report import HostReport
 
 RUNTIME_READY = "RuntimeReady"
 NETWORK_READY = "NetworkReady"

@@ -12,7 +12,6 @@ from cri_shim.services.backend_errors import mapped
 from cri_shim.services.container_execsync import running
 from cri_shim.services.runtime_state import RuntimeState
 from runtime.base import ExecSpec, IOSession
-from runtime.linux import netns
 
 CONNECT_TIMEOUT = 10.0
 
@@ -44,6 +43,7 @@ class LifecycleStreamTarget:
             raise Unimplemented(f"port-forward into Windows pod {sb.id} is not supported yet")
         if sb.netns_path is None:   # host network: the pod's localhost is the host's
             return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), CONNECT_TIMEOUT)
+        from runtime.linux import netns   # Linux only: not imported on a Windows node
         path = Path(sb.netns_path)
         if not path.exists():
             raise FailedPrecondition(f"pod sandbox {sb.id} has no network namespace any more (it was stopped)")

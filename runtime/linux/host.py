@@ -8,38 +8,14 @@ from __future__ import annotations
 
 import ctypes.util
 import os
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import replace
 from pathlib import Path
 
+from runtime.host_report import REQUIRED_CONTROLLERS, CgroupMode, HostReport
+
+__all__ = ["REQUIRED_CONTROLLERS", "CgroupMode", "HostReport", "probe"]
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-# Controllers a pod runtime cannot do without: limits kubelet sets on every pod.
-REQUIRED_CONTROLLERS = ("cpu", "memory", "pids")
-
-
-class CgroupMode(Enum):
-    V1 = "v1"            # only legacy hierarchies
-    HYBRID = "hybrid"    # legacy hierarchies plus an (empty-ish) unified mount
-    V2 = "v2"            # unified hierarchy only
-    NONE = "none"        # no cgroup filesystem mounted
-
-
-@dataclass(frozen=True)
-class HostReport:
-    cgroup_mode: CgroupMode
-    cgroup_controllers: tuple[str, ...]
-    overlayfs: bool
-    seccomp_kernel: bool
-    libseccomp: str | None
-    user_namespaces: bool
-    idmapped_mounts_kernel: bool
-    systemd_pid1: bool
-    kernel: str
-    problems: tuple[str, ...] = field(default=())
-
-    @property
-    def missing_controllers(self) -> tuple[str, ...]:
-        return tuple(c for c in REQUIRED_CONTROLLERS if c not in self.cgroup_controllers)
 
 
 def cgroup_mode(root: Path = CGROUP_ROOT) -> CgroupMode:

@@ -8,8 +8,9 @@ which validates every document against the official schema), HCN, the wcifs
 layer mounter, job objects, and the CNI plugin (`cst-winwire-cni`, a shell
 script standing in for win-bridge/nat: it records its calls and hands out one
 address). The "Windows image" is a linux/amd64 image laid out like a Windows
-base layer (Files/, blank.vhdx, UtilityVM/): on Linux the image store unpacks
-only Linux images, and the fake layer mounter needs the folders to exist.
+base layer (Files/, blank.vhdx, UtilityVM/): the fake layer mounter needs the
+folders and blank.vhdx to exist, and only a real base-layer import on Windows
+makes blank.vhdx (test_image_layers.py pulls real windows/amd64 layer tars).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ tcp://127.0.0.1:<windows.grpc_port> and makes no unix socket, lock files or
 other Linux-only setup; runtime handler "" (kubelet's pods without a
 RuntimeClass) is process isolation; a pipe relay that cannot start fails the
 start-up with an error naming the pipe. Not shown (windows_only, README): the
-real named pipe, SIGBREAK from the service host, and that the daemon's import
-graph loads on Windows (it does not yet: see the README).
+real named pipe, SIGBREAK from the service host, and the real interpreter on
+Windows (test_windows_startup.py runs this mode with the POSIX-only modules
+blocked).
 """
 
 from __future__ import annotations
