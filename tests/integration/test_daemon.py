@@ -37,7 +37,9 @@ def test_crictl_info_conditions_and_config(daemon: Daemon) -> None:
     assert conditions["NetworkReady"]["status"] is True
     assert info["config"]["server"]["socket"] == str(daemon.socket)  # the effective config, as JSON
     assert info["host"]["cgroup_mode"] in ("v1", "hybrid", "v2")
-    assert [h.get("name", "") for h in info["runtimeHandlers"]] == [""]
+    # "" is the native runtime; "runc" is there whenever runtime.runc_path (default /usr/sbin/runc) is executable.
+    runc = ["runc"] if os.access("/usr/sbin/runc", os.X_OK) else []
+    assert [h.get("name", "") for h in info["runtimeHandlers"]] == ["", *runc]
 
 
 def test_network_not_ready_names_the_directory_then_turns_ready() -> None:
