@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import stop_and_clean
-from tests.harness.daemon import TMP_BASE, Daemon, make_workdir, new_daemon
+from tests.harness.daemon import CNI_BRIDGE, TMP_BASE, Daemon, make_workdir, new_daemon
 from tests.harness.leaks import cgroup_tag
 from tests.harness.registry import LocalRegistry, start_registry
 from tests.harness.testimages import push_all
@@ -99,6 +100,8 @@ def main() -> int:
     args = ap.parse_args()
 
     critest = args.critest.resolve()
+    bridge = args.builtin_bridge if args.network == "builtin" else CNI_BRIDGE
+    bridge_existed = os.path.exists(f"/sys/class/net/{bridge}")
     registry, hosts = start_mirror()
     try:
         # Pods critest makes without a cgroup parent go under one named after the test base (the leak check's tag).
@@ -129,6 +132,10 @@ def main() -> int:
                     saved.mkdir(exist_ok=True)
                     shutil.copy(workdir / name, saved / name)
             stop_and_clean(daemon)
+        if not bridge_existed:   # host-wide: the bridge (and the built-in network's table) this run made
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+            if args.network == "builtin":
+                subprocess.run(["nft", "delete", "table", "ip", args.nft_table], capture_output=True, check=False)
 
     passed = sorted(n for n, state in results.items() if state == "passed")
     listed = read_list(PASSING)

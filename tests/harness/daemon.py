@@ -25,6 +25,7 @@ TMP_BASE = Path(os.environ.get("CRI_SHIM_TEST_TMP", "/tmp/cst-tests"))
 CNI_BIN_DIRS = ["/usr/lib/cni", "/opt/cni/bin"]
 
 # A bridge network like the one operators install; used wherever NetworkReady must be true.
+CNI_BRIDGE = "crishimtest0"
 BRIDGE_CONFLIST = """{
   "cniVersion": "1.0.0",
   "name": "cri-shim-test",
