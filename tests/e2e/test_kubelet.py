@@ -183,9 +183,12 @@ def all_manifests(host_net_port: int, host_port: int) -> list[dict[str, Any]]:
                  dnsConfig={"nameservers": ["10.241.0.53"], "searches": ["e2e.example", "svc.e2e.example"],
                             "options": [{"name": "ndots", "value": "3"}, {"name": "edns0"}]}),
         manifest("rotate", [{"name": "c", "command": ["sh", "-c", rotate]}]),
+        # The sleep after the stderr line: stdout and stderr are two pipes, and a shim reading both late (a loaded
+        # machine) cannot tell which was written first, so "last" would not always be the last line.
         manifest("chatty", [
             {"name": "c", "command": ["sh", "-c",
-                                      "printf 'no newline yet'; sleep 1; printf ' ...now\\n'; echo to-stderr >&2; "
+                                      "printf 'no newline yet'; sleep 1; printf ' ...now\\n'; "
+                                      "echo to-stderr >&2; sleep 1; "
                                       "printf 'a\\rb\\n'; head -c 20000 /dev/zero | tr '\\0' y; echo; "
                                       "echo last; exec sleep 3600"]},
         ]),
