@@ -713,38 +713,17 @@ class Shim:
         """A process cannot step back out of a user namespace it entered, so a short-lived child makes it:
         the child unshares, the shim writes its uid_map/gid_map (as host root, so setgroups stays
         allowed), bind-mounts /proc/<child>/ns/user onto the pin and lets the child go."""
-        ready_r, ready_w = os.pipe()
-        done_r, done_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(ready_r)
-                os.close(done_w)
-                sc.unshare(sc.CLONE_NEWUSER)
-                os.write(ready_w, b"u")
-                os.read(done_r, 1)   # EOF when the shim is done (or gone)
-            finally:
-                os._exit(0)
-        os.close(ready_w)
-        os.close(done_r)
+        maps = {name: "".join(f"{inside} {outside} {size}\n" for inside, outside, size in ranges)
+                for name, ranges in (("uid_map", self.config.uid_mappings), ("gid_map", self.config.gid_mappings))}
         try:
-            if os.read(ready_r, 1) != b"u":
-                raise ShimError(proto.FAILURE, "cannot create the pod's user namespace (unshare failed; is "
-                                "user.max_user_namespaces 0?)", "linux.uid_mappings")
-            for name, ranges in (("uid_map", self.config.uid_mappings), ("gid_map", self.config.gid_mappings)):
-                text = "".join(f"{inside} {outside} {size}\n" for inside, outside, size in ranges)
-                try:
-                    with open(f"/proc/{pid}/{name}", "w") as f:
-                        f.write(text)
-                except OSError as e:
-                    raise ShimError(proto.INVALID_SPEC, f"the kernel refused {name} {text.strip()!r}: {e.strerror}",
-                                    f"linux.{name[:3]}_mappings") from None
-            sc.mount(f"/proc/{pid}/ns/user", pin, None, sc.MS_BIND)
-            self.pod_ns["user"] = pin
-        finally:
-            os.close(ready_r)
-            os.close(done_w)
-            _kill_and_reap(pid)
+            with sc.unshared_child(sc.CLONE_NEWUSER, maps) as pid:
+                sc.mount(f"/proc/{pid}/ns/user", pin, None, sc.MS_BIND)
+        except sc.IdMapRefused as e:
+            raise ShimError(proto.INVALID_SPEC, str(e), f"linux.{e.map_name[:3]}_mappings") from None
+        except OSError as e:
+            raise ShimError(proto.FAILURE, f"cannot create the pod's user namespace: {e}",
+                            "linux.uid_mappings") from None
+        self.pod_ns["user"] = pin
 
     def root_ids(self) -> tuple[int, int]:
         """Host uid/gid of the pod's root (0, 0 without a user namespace)."""

@@ -8,9 +8,11 @@ Namespace calls affect only the calling thread (the shim is single-threaded).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import struct
+from collections.abc import Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -115,6 +117,55 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), f"unshare {flags:#x}")
+
+
+class IdMapRefused(OSError):
+    """The kernel refused a uid_map/gid_map write; `map_name` says which."""
+
+    def __init__(self, map_name: str, text: str, strerror: str) -> None:
+        super().__init__(f"the kernel refused {map_name} {text.strip()!r}: {strerror}")
+        self.map_name = map_name
+
+
+@contextlib.contextmanager
+def unshared_child(flags: int, id_maps: dict[str, str]) -> Iterator[int]:
+    """A short-lived child that unshares `flags` (CLONE_NEWUSER among them) and waits, with its uid_map/gid_map
+    (`{"uid_map": "0 100000 65536\\n", ...}`) written by this process; yields the child's pid, so the caller can
+    bind-mount /proc/<pid>/ns/*, and reaps the child afterwards.
+
+    Why a child: a process cannot step back out of a user namespace, and the maps are written from outside by
+    host root so that setgroups stays allowed. Raises OSError when the unshare fails, IdMapRefused for a map."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            unshare(flags)
+            os.write(ready_w, b"u")
+            os.read(done_r, 1)   # EOF when the parent is done (or gone)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"u":
+            raise OSError(f"unshare {flags:#x} failed (is user.max_user_namespaces 0?)")
+        for name, text in id_maps.items():
+            try:
+                with open(f"/proc/{pid}/{name}", "w") as f:
+                    f.write(text)
+            except OSError as e:
+                raise IdMapRefused(name, text, e.strerror or str(e)) from None
+        yield pid
+    finally:
+        os.close(ready_r)
+        os.close(done_w)   # the child exits on EOF
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass   # a subreaper's own reaping loop got it first
 
 
 def setns(fd: int, nstype: int) -> None:

@@ -26,34 +26,8 @@ from runtime.linux import syscalls as sc
 
 
 def _make(pin: str, uid_map: str, gid_map: str) -> None:
-    ready_r, ready_w = os.pipe()
-    done_r, done_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(ready_r)
-            os.close(done_w)
-            sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNET)
-            os.write(ready_w, b"n")
-            os.read(done_r, 1)   # EOF when the parent is done (or gone)
-        finally:
-            os._exit(0)
-    os.close(ready_w)
-    os.close(done_r)
-    try:
-        if os.read(ready_r, 1) != b"n":
-            raise OSError("unshare(CLONE_NEWUSER|CLONE_NEWNET) failed (is user.max_user_namespaces 0?)")
-        for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
-            try:
-                with open(f"/proc/{pid}/{name}", "w") as f:
-                    f.write(text)
-            except OSError as e:
-                raise OSError(f"the kernel refused {name} {text.strip()!r}: {e.strerror}") from None
+    with sc.unshared_child(sc.CLONE_NEWUSER | sc.CLONE_NEWNET, {"uid_map": uid_map, "gid_map": gid_map}) as pid:
         sc.mount(f"/proc/{pid}/ns/net", pin, None, sc.MS_BIND)
-    finally:
-        os.close(ready_r)
-        os.close(done_w)
-        os.waitpid(pid, 0)
 
 
 def main(argv: list[str]) -> int:
