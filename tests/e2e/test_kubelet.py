@@ -195,9 +195,9 @@ def all_manifests(host_net_port: int, host_port: int) -> list[dict[str, Any]]:
     ]
 
 
-def cleanup_host_network() -> None:
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-    subprocess.run(["nft", "delete", "table", "ip", NFT_TABLE], capture_output=True)
+def cleanup_host_network(bridge: str = BRIDGE, nft_table: str = NFT_TABLE) -> None:
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    subprocess.run(["nft", "delete", "table", "ip", nft_table], capture_output=True)
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,9 @@ def env() -> Iterator[Env]:
         teardown(mirror, daemon, kubelet)
 
 
-def teardown(mirror: Mirror, daemon: Daemon, kubelet: Kubelet | None) -> None:
+def teardown(mirror: Mirror, daemon: Daemon, kubelet: Kubelet | None, bridge: str = BRIDGE,
+             nft_table: str = NFT_TABLE) -> None:
+    """Pods removed through CRI, then the daemon, the mirror, the built-in network and kubelet's cgroups."""
     try:
         if kubelet is not None:
             kubelet.stop()
@@ -241,7 +243,7 @@ def teardown(mirror: Mirror, daemon: Daemon, kubelet: Kubelet | None) -> None:
         stop_and_clean(daemon)
     finally:
         mirror.close()
-        cleanup_host_network()
+        cleanup_host_network(bridge, nft_table)
         if kubelet is not None:
             left = remove_cgroup_tree(kubelet.cgroup_root)
             shutil.rmtree(kubelet.workdir, ignore_errors=True)

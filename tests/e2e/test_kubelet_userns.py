@@ -7,18 +7,14 @@ Its own cri-shim, kubelet, bridge (`csuserns2`) and nft table, so it can run bes
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cri_shim.api import api_pb2 as pb
-from tests.conftest import stop_and_clean
-from tests.e2e.test_kubelet import NODE, Env, manifest
+from tests.e2e.test_kubelet import NODE, Env, manifest, teardown
 from tests.harness.daemon import make_workdir
-from tests.harness.kubelet import Kubelet, free_port, free_subnet, remove_cgroup_tree
+from tests.harness.kubelet import Kubelet, free_port, free_subnet
 from tests.harness.lifecycle_env import BUSYBOX, lifecycle_daemon, start_mirror
 
 pytestmark = pytest.mark.timeout(600)
@@ -47,27 +43,7 @@ def env() -> Iterator[Env]:
         ], volumes=[{"name": "data", "emptyDir": {}}], hostUsers=False))
         yield e
     finally:
-        try:
-            if kubelet is not None:
-                kubelet.stop()
-            if daemon.proc is not None and daemon.proc.poll() is None:
-                client = daemon.client()
-                try:
-                    for p in client.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
-                        client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
-                        client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
-                finally:
-                    client.close()
-            stop_and_clean(daemon)
-        finally:
-            mirror.registry.stop()
-            shutil.rmtree(mirror.hosts, ignore_errors=True)
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-            subprocess.run(["nft", "delete", "table", "ip", NFT_TABLE], capture_output=True)
-            if kubelet is not None:
-                left = remove_cgroup_tree(kubelet.cgroup_root)
-                shutil.rmtree(kubelet.workdir, ignore_errors=True)
-                assert not left, f"cgroups left under kubelet's cgroupRoot: {left}"
+        teardown(mirror, daemon, kubelet, BRIDGE, NFT_TABLE)
 
 
 def test_host_users_false_pod_runs_as_root_in_its_own_user_namespace(env: Env) -> None:

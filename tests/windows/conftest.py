@@ -93,6 +93,14 @@ class World:
         self.backends.append(b)
         return b
 
+    async def running(self, spec: ContainerSpec) -> WindowsBackend:
+        """A new backend with the default pod and `spec` created and started in it."""
+        b = self.backend()
+        await b.create_sandbox(self.pod())
+        await b.create_container(spec)
+        await b.start_container(spec.id)
+        return b
+
     def base_layer(self, name: str = "base", *, uvm: bool = True) -> str:
         d = self.root / "layers" / name
         (d / "Files").mkdir(parents=True, exist_ok=True)

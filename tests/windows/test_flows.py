@@ -78,10 +78,7 @@ def test_every_document_sent_to_hcs_is_valid_against_the_1809_schema_too(world: 
                                                                       "memory": {"limit": 256 << 20}}})
 
     async def flow() -> None:
-        b = world.backend()
-        await b.create_sandbox(world.pod())
-        await b.create_container(spec)
-        await b.start_container(C1)
+        b = await world.running(spec)
         await b.container_stats(C1)
         await b.stop_container(C1, 0)
         await b.delete_container(C1)
@@ -104,10 +101,7 @@ def test_stop_terminates_a_container_that_ignores_ctrl_shutdown_after_the_grace_
     spec = world.container(C1, args=("stubborn.exe",))
 
     async def flow() -> None:
-        b = world.backend()
-        await b.create_sandbox(world.pod())
-        await b.create_container(spec)
-        await b.start_container(C1)
+        b = await world.running(spec)
         status = await b.stop_container(C1, 0.3)
         assert status.state is ContainerState.EXITED
         assert status.exit_code == 1 and status.reason == "Error"   # terminated
@@ -125,10 +119,7 @@ def test_container_exit_is_reported_as_an_event_with_a_signed_exit_code(world: W
     spec = world.container(C1, args=("crash.exe",))
 
     async def flow() -> None:
-        b = world.backend()
-        await b.create_sandbox(world.pod())
-        await b.create_container(spec)
-        await b.start_container(C1)
+        b = await world.running(spec)
         for _ in range(100):
             if (await b.container_status(C1)).state is ContainerState.EXITED:
                 break
@@ -174,10 +165,7 @@ def test_stats_convert_100ns_units_and_report_the_writable_layer(world: World) -
     spec = world.container(C1, args=("srv",))
 
     async def flow() -> None:
-        b = world.backend()
-        await b.create_sandbox(world.pod())
-        await b.create_container(spec)
-        await b.start_container(C1)
+        b = await world.running(spec)
         first = await b.container_stats(C1)
         second = await b.container_stats(C1)
         assert first.cpu_usage_ns == 1_000_000 * 100        # TotalRuntime100ns x 100

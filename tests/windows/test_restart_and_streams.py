@@ -62,10 +62,7 @@ def test_recover_releases_pods_the_daemon_forgot_and_orphaned_systems(world: Wor
     spec = world.container(C1, args=("srv",))
 
     async def first_daemon() -> None:
-        b = world.backend()
-        await b.create_sandbox(world.pod())
-        await b.create_container(spec)
-        await b.start_container(C1)
+        b = await world.running(spec)
         await b.close()
 
     run(first_daemon())
@@ -99,10 +96,7 @@ def test_a_container_gone_during_the_restart_is_reported_exited(world: World) ->
     spec = world.container(C1, args=("srv",))
 
     async def first_daemon() -> None:
-        b = world.backend()
-        await b.create_sandbox(world.pod())
-        await b.create_container(spec)
-        await b.start_container(C1)
+        b = await world.running(spec)
         await b.close()
 
     async def second_daemon() -> None:
@@ -126,10 +120,7 @@ def test_interactive_exec_streams_stdin_to_stdout_and_reports_the_exit(world: Wo
     spec = world.container(C1, args=("srv",))
 
     async def flow() -> None:
-        b = world.backend()
-        await b.create_sandbox(world.pod())
-        await b.create_container(spec)
-        await b.start_container(C1)
+        b = await world.running(spec)
         session = await b.exec(C1, ExecSpec(("cat",), stdin=True))
         await session.write_stdin(b"ping\n")
         assert await session.read() == (StreamKind.STDOUT, b"ping\n")
@@ -151,10 +142,7 @@ def test_closing_an_exec_session_kills_its_process(world: World) -> None:
     spec = world.container(C1, args=("srv",))
 
     async def flow() -> None:
-        b = world.backend()
-        await b.create_sandbox(world.pod())
-        await b.create_container(spec)
-        await b.start_container(C1)
+        b = await world.running(spec)
         session = await b.exec(C1, ExecSpec(("srv", "--forever"), tty=True))
         await session.resize(120, 40)
         await session.close()
@@ -174,10 +162,7 @@ def test_attach_sees_output_and_feeds_stdin_of_the_main_process(world: World) ->
     spec = world.container(C1, args=("cat",), stdin=True)
 
     async def flow() -> None:
-        b = world.backend()
-        await b.create_sandbox(world.pod())
-        await b.create_container(spec)
-        await b.start_container(C1)
+        b = await world.running(spec)
         session = await b.attach(C1, True, True, True)
         await session.write_stdin(b"through attach\n")
         assert await session.read() == (StreamKind.STDOUT, b"through attach\n")
@@ -223,10 +208,7 @@ def test_attach_honours_the_stream_selection_and_refuses_stdin_after_exit(world:
     spec = world.container(C1, args=("cat",), stdin=True)
 
     async def flow() -> None:
-        b = world.backend()
-        await b.create_sandbox(world.pod())
-        await b.create_container(spec)
-        await b.start_container(C1)
+        b = await world.running(spec)
         session = await b.attach(C1, True, False, True)          # stderr only
         await session.write_stdin(b"not for this client\n")
         await b.stop_container(C1, 0)
