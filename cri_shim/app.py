@@ -207,16 +207,13 @@ class Daemon:
                                             log_level=cfg.server.log_level)
             except base.RuntimeFailure as e:
                 raise StartupError(f"cannot set up the native Linux runtime: {e.message}") from None
-            runc = cfg.runtime.runc_path
-            if runc and os.access(runc, os.X_OK):
-                try:
+            if cfg.runtime.runc_path:
+                try:   # LinuxBackend checks that runc_path is an executable
                     handlers[HANDLER_RUNC] = LinuxBackend(
                         cfg.state_dir / "runc", cgroup_driver=cfg.runtime.cgroup_driver,
-                        log_level=cfg.server.log_level, runc_path=runc)
+                        log_level=cfg.server.log_level, runc_path=cfg.runtime.runc_path)
                 except base.RuntimeFailure as e:   # optional: the native runtime still serves every pod
                     log.warning("no %r runtime handler: %s", HANDLER_RUNC, e.message)
-            elif runc:
-                log.info("runtime.runc_path %s is not an executable: no %r runtime handler", runc, HANDLER_RUNC)
         if self.windows_host or cfg.windows.test_fake_hcs:
             try:
                 node = self._windows = windows_node.build_node(cfg, lambda path: CriLogWriter(path))
