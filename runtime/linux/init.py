@@ -79,7 +79,6 @@ class InitContext:
     upper: str = ""
     work: str = ""
     start_fd: int = -1
-    cgroup_procs: tuple[str, ...] = ()
     cgroup_mounts: tuple[mounts.HostCgroupMount, ...] = ()      # the host's hierarchies + this cgroup in each
 
 
@@ -89,7 +88,6 @@ class ExecContext:
     chan: socket.socket
     stdio: Stdio
     seccomp: Mapping[str, Any] | None = None
-    cgroup_procs: tuple[str, ...] = ()
     join_fds: Mapping[str, int] = field(default_factory=dict)
     # the container's linux.uidMappings / gidMappings (its terminal is given to the user through them)
     uid_mappings: tuple[tuple[int, int, int], ...] = ()
@@ -106,7 +104,9 @@ class _Prepared:
     idmap: mounts.IdMap | None = None          # the pod's user namespace, joined last (see _join_userns)
 
 
-def container_init(ctx: InitContext) -> NoReturn:
+def container_init(ctx: InitContext, cgroup_procs: tuple[str, ...]) -> NoReturn:
+    """The forked child: set the container up, report ready, wait for start, execve. `cgroup_procs`: the
+    files it writes to enter the container's cgroup (the shim may have forked it into part of it already)."""
     try:
         _prepare_child(ctx.chan, ctx.stdio, ctx.start_fd)
         # Not dumpable until execve: nothing already in the container may open /proc/<us>/exe (the host's
@@ -114,7 +114,7 @@ def container_init(ctx: InitContext) -> NoReturn:
         process_security.set_dumpable(False)
         prep = _prepare(ctx)
         plan = prep.plan
-        _enter_cgroup(ctx.cgroup_procs)
+        _enter_cgroup(cgroup_procs)
         _join(prep.join_fds)
         _step(lambda: sc.unshare(prep.new_namespaces), "linux.namespaces", "cannot create namespaces")
         if plan.hostname:
@@ -136,13 +136,13 @@ def container_init(ctx: InitContext) -> NoReturn:
         _report_and_exit(ctx.chan, e)
 
 
-def exec_process(ctx: ExecContext) -> NoReturn:
+def exec_process(ctx: ExecContext, cgroup_procs: tuple[str, ...]) -> NoReturn:
     try:
         _prepare_child(ctx.chan, ctx.stdio, *ctx.join_fds.values())
         process_security.set_dumpable(False)
         process = process_plan(ctx.process, "process")
         security = _with_seccomp(process_security.prepare_process(ctx.process, None), ctx.seccomp)
-        _enter_cgroup(ctx.cgroup_procs)
+        _enter_cgroup(cgroup_procs)
         _join(ctx.join_fds)
         _set_limits(process)
         _setup_stdio(ctx.chan, ctx.stdio)

@@ -532,6 +532,7 @@ class Shim:
         self.listener: socket.socket | None = None
         self.wakeup_r = -1
         self.host_cgroup_mounts: tuple[mounts.HostCgroupMount, ...] | None = None
+        self.fork_into_cgroup = sc.can_fork_into_cgroup()
         self.engines: dict[str, Engine] = {shim_runc.ENGINE_NATIVE: NativeEngine(self)}   # runc ones by binary
 
     # ------------------------------------------------------------ startup
@@ -753,7 +754,7 @@ class Shim:
 
     def _start_pod_init(self) -> None:
         """PID 1 of the pod's shared PID namespace: reaps whatever the pod's containers orphan."""
-        self.pod_init_pid = self._fork_in_pid_ns("", None, _pod_init_main)
+        self.pod_init_pid = self._fork_in_pid_ns("", None, None, lambda _procs: _pod_init_main())
 
     def _listen(self) -> None:
         path = self.paths["sock"]
@@ -1006,12 +1007,17 @@ class Shim:
             pod_shm=self.paths["shm"] if self.config.ipc == "pod" else "",
             pod_ipc=self.pod_ns.get("ipc", ""),
             layers=tuple(str(x) for x in msg.get("layers") or []), upper=c.upper, work=c.work, start_fd=start_r,
-            cgroup_procs=tuple(c.cgroup.join_files()), cgroup_mounts=self._cgroup_mounts(c.cgroup))
-        pid = self._fork_in_pid_ns(c.view.pid_namespace, None, lambda: cinit.container_init(ctx))
-        for fd in (start_r, stdio.stdin, stdio.stdout, stdio.stderr):
-            if fd >= 0:
-                os.close(fd)
-        child_chan.close()
+            cgroup_mounts=self._cgroup_mounts(c.cgroup))
+        try:
+            pid = self._fork_in_pid_ns(c.view.pid_namespace, None, c.cgroup,
+                                       lambda procs: cinit.container_init(ctx, procs))
+        except BaseException:
+            parent_chan.close()
+            _close_fds([start_w, *parent_ends["out"], *([parent_ends["stdin"]] if parent_ends["stdin"] >= 0 else [])])
+            raise
+        finally:
+            _close_fds(fd for fd in (start_r, stdio.stdin, stdio.stdout, stdio.stderr) if fd >= 0)
+            child_chan.close()
         undo.clear()  # from here on the child's exit path cleans up (see _init_failed)
         c.pid, c.start_w, c.chan = pid, start_w, parent_chan
         self._hold_stdio(c, parent_ends)
@@ -1035,10 +1041,12 @@ class Shim:
         dirs = cg.dirs()
         return tuple(dataclasses.replace(h, container_dir=dirs.get(h.name, "")) for h in self.host_cgroup_mounts)
 
-    def _fork_in_pid_ns(self, pid_ns: str | None, pid_ns_fd: int | None, child: Callable[[], object]) -> int:
+    def _fork_in_pid_ns(self, pid_ns: str | None, pid_ns_fd: int | None, cgroup: cgroups.Cgroup | None,
+                        child: Callable[[tuple[str, ...]], object]) -> int:
         """fork() with the child in the requested PID namespace: "" = a new one, a path = join it,
         None = the host's. setns/unshare of PID namespaces only affect children, so the shim moves its
-        pid_for_children there, forks, and moves back."""
+        pid_for_children there, forks, and moves back. The child gets the cgroup files it still has to
+        write itself to enter `cgroup` (see fork_into)."""
         moved = False
         if pid_ns_fd is not None:
             sc.setns(pid_ns_fd, sc.CLONE_NEWPID)
@@ -1054,9 +1062,9 @@ class Shim:
             finally:
                 os.close(fd)
         try:
-            pid = os.fork()
+            pid, procs = fork_into(cgroup, self.fork_into_cgroup)
             if pid == 0:
-                child()         # never returns: the child execs or _exits
+                child(procs)    # never returns: the child execs or _exits
                 os._exit(127)
         finally:
             if moved:           # only the parent gets here
@@ -1442,11 +1450,15 @@ class Shim:
         except SpecError:
             uid_maps = gid_maps = ()   # the container was created with them, so they were valid then
         ctx = cinit.ExecContext(process=process, seccomp=c.seccomp, chan=child_chan, stdio=stdio,
-                                cgroup_procs=tuple(c.cgroup.join_files()), join_fds=join_fds,
-                                uid_mappings=uid_maps, gid_mappings=gid_maps)
+                                join_fds=join_fds, uid_mappings=uid_maps, gid_mappings=gid_maps)
         try:
             same_pid_ns = _same_file(pid_fd, self.host_ns["pid"])
-            pid = self._fork_in_pid_ns(None, None if same_pid_ns else pid_fd, lambda: cinit.exec_process(ctx))
+            pid = self._fork_in_pid_ns(None, None if same_pid_ns else pid_fd, c.cgroup,
+                                       lambda procs: cinit.exec_process(ctx, procs))
+        except BaseException:
+            parent_chan.close()
+            _close_fds(theirs)
+            raise
         finally:
             os.close(pid_fd)
             for fd in (*join_fds.values(), *mine):
@@ -1533,6 +1545,29 @@ class Shim:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def fork_into(cgroup: cgroups.Cgroup | None, clone3: bool) -> tuple[int, tuple[str, ...]]:
+    """fork(); with `clone3`, straight into the cgroup's v2 directory (no RCU grace period, see
+    syscalls.fork_into_cgroup). Returns the pid and the cgroup files the child still writes itself (the v1
+    hierarchies, and v2 without clone3: runtime.linux.init._enter_cgroup)."""
+    if cgroup is None:
+        return os.fork(), ()
+    v2 = cgroup.v2_dir() if clone3 else None
+    if v2 is None:
+        return os.fork(), tuple(cgroup.join_files())
+    try:
+        fd = os.open(v2, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ShimError(proto.FAILURE, f"cannot open cgroup {v2}: {e.strerror}", "linux.cgroupsPath") from None
+    try:
+        pid = sc.fork_into_cgroup(fd)
+    except OSError as e:
+        raise ShimError(proto.FAILURE, f"cannot start a process in cgroup {v2}: {e.strerror}",
+                        "linux.cgroupsPath") from None
+    finally:
+        os.close(fd)            # in the child too: it needs no copy
+    return pid, tuple(cgroup.join_files(started_in_v2=True))
 
 
 def _exec_process(container: dict[str, Any], msg: dict[str, Any]) -> dict[str, Any]:

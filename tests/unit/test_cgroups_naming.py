@@ -253,6 +253,19 @@ def test_a_v1_tree_with_co_mounted_and_named_hierarchies_is_understood(tmp_path:
     assert cg.dirs()["systemd"] == str(root / "systemd" / "a" / "b")
     assert cg.join_files() == [str(root / n / "a" / "b" / "tasks") for n in ("cpu,cpuacct", "memory", "pids",
                                                                           "systemd")]
+    assert cg.v2_dir() is None      # pure v1: no clone3 into a cgroup, the child writes every file
+
+
+def test_a_hybrid_tree_lets_a_child_start_in_v2_and_join_the_v1_hierarchies(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    for name in ("memory", "pids", "unified"):
+        (root / name).mkdir(parents=True)
+        (root / name / "cgroup.procs").write_text("")
+    cg = open_hierarchy(root).cgroup("/a/b")
+    assert cg.v2_dir() == root / "unified" / "a" / "b"
+    assert set(cg.join_files()) == {str(root / "memory/a/b/tasks"), str(root / "pids/a/b/tasks"),
+                                    str(root / "unified/a/b/cgroup.procs")}
+    assert set(cg.join_files(started_in_v2=True)) == {str(root / "memory/a/b/tasks"), str(root / "pids/a/b/tasks")}
 
 
 def test_current_cgroup_parses_proc_self_cgroup() -> None:

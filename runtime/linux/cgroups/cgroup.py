@@ -66,15 +66,21 @@ class Cgroup:
         """The cgroup.procs file of every hierarchy: a child writes its pid into each before exec."""
         return [str(d / "cgroup.procs") for d in self.paths().values()]
 
-    def join_files(self) -> list[str]:
-        """What a single-threaded child writes "0" into to enter this cgroup before exec.
+    def join_files(self, started_in_v2: bool = False) -> list[str]:
+        """What a single-threaded child writes "0" into to enter this cgroup before exec; without the cgroup v2
+        directory when the child was forked straight into it (`v2_dir`, clone3 CLONE_INTO_CGROUP).
 
         v1 hierarchies take `tasks` (the calling thread, which for a single-threaded child is the
         whole process): unlike cgroup.procs it does not take the global cgroup_threadgroup_rwsem for
         writing, whose RCU grace period can stall a container start for milliseconds. cgroup v2
         only has cgroup.procs.
         """
-        return [str(d / ("cgroup.procs" if name == UNIFIED else "tasks")) for name, d in self.paths().items()]
+        return [str(d / ("cgroup.procs" if name == UNIFIED else "tasks")) for name, d in self.paths().items()
+                if not (started_in_v2 and name == UNIFIED)]
+
+    def v2_dir(self) -> Path | None:
+        """This cgroup's directory in the cgroup v2 hierarchy (the unified one of a hybrid host), if mounted."""
+        return self.paths().get(UNIFIED)
 
     # ------------------------------------------------------------ create
 

@@ -7,8 +7,14 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from runtime import base, oci
+from runtime.linux import cgroups, shim
+from runtime.linux import init as cinit
+from runtime.linux import syscalls as sc
 from runtime.linux.backend import LinuxBackend
+from runtime.linux.cgroups import Cgroup
 from tests.harness.linux_lab import Lab, wait_for
 
 
@@ -274,3 +280,63 @@ def test_process_security_caps_user_and_seccomp_are_applied(lab: Lab) -> None:
         s = await _wait_exit(b, c.id)
         assert s.exit_code == 0 and "blocked" in _stdout(c.log_text()), c.log_text()
     lab.run(body)
+
+
+def test_init_and_exec_processes_are_in_the_containers_cgroup_in_every_hierarchy(lab: Lab) -> None:
+    """The init is forked straight into the v2 cgroup (clone3) and joins the v1 ones itself; an exec'd process
+    the same. Inside the container's cgroup namespace its own cgroup is "/" in every hierarchy, so any line
+    that is not ":/" is a hierarchy the process did not enter."""
+    async def body(b: LinuxBackend) -> None:
+        pod = await lab.pod(b)
+        c = await lab.container(b, pod, ("sleep", "1000"))
+        script = "cat /proc/1/cgroup; echo --; cat /proc/self/cgroup"
+        r = await b.exec_sync(c.id, base.ExecSpec(args=("sh", "-c", script)), 10, 1 << 20)
+        assert r.exit_code == 0, r.stderr
+        init, _, exec_ = r.stdout.decode().partition("--\n")
+        for who, text in (("init", init), ("exec", exec_)):
+            lines = text.split()
+            assert any(line.startswith("0::") for line in lines), f"{who}: no cgroup v2 line in {lines}"
+            assert len(lines) == len(list(Path("/proc/self/cgroup").read_text().split())), lines
+            assert all(line.endswith(":/") for line in lines), f"{who} is outside its cgroup: {lines}"
+    lab.run(body)
+
+
+def _cgroup_of_child(cg: Cgroup, clone3: bool) -> list[str]:
+    """/proc/self/cgroup of a child made by shim.fork_into after it wrote the files it was given."""
+    r, w = os.pipe()
+    pid, procs = shim.fork_into(cg, clone3)
+    if pid == 0:
+        try:
+            os.close(r)
+            cinit._enter_cgroup(procs)
+            os.write(w, Path("/proc/self/cgroup").read_bytes())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        text = f.read().decode()
+    os.waitpid(pid, 0)
+    return text.split()
+
+
+def test_fork_into_places_the_child_in_every_hierarchy_with_and_without_clone3(lab: Lab) -> None:
+    assert sc.can_fork_into_cgroup(), f"kernel {os.uname().release} should have clone3 CLONE_INTO_CGROUP (5.7+)"
+    hierarchy = cgroups.open_hierarchy()
+    cg = hierarchy.cgroup(f"{lab.cgroup_base}/forked")
+    cg.create()
+    try:
+        for clone3 in (True, False):
+            lines = _cgroup_of_child(cg, clone3)
+            assert lines and all(line.split(":", 2)[2] == cg.path for line in lines), (clone3, lines)
+    finally:
+        cg.destroy()
+        hierarchy.cgroup(lab.cgroup_base).destroy()
+
+
+def test_fork_into_a_cgroup_that_is_gone_fails_naming_the_field_and_forks_nothing(lab: Lab) -> None:
+    cg = cgroups.open_hierarchy().cgroup(f"{lab.cgroup_base}/never-made")
+    children_before = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text()
+    with pytest.raises(shim.ShimError) as e:
+        shim.fork_into(cg, True)
+    assert e.value.field == "linux.cgroupsPath" and "never-made" in e.value.message
+    assert Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text() == children_before
