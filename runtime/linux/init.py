@@ -63,8 +63,8 @@ class Stdio:
 
 @dataclass
 class InitContext:
-    """What the shim hands a container's init: the raw spec (the child checks and plans it, see
-    spec.ShimView for why), the pieces the shim made (cgroup, stdio, overlay dirs) and the channel."""
+    """What the shim hands a container's init: the raw spec (planned by `prepare`), the pieces the shim
+    made (cgroup, stdio, overlay dirs) and the channel."""
 
     spec: Mapping[str, Any]
     bundle: str
@@ -84,10 +84,10 @@ class InitContext:
 
 @dataclass
 class ExecContext:
-    process: Mapping[str, Any]                                   # the container's OCI process + the exec's overrides
+    process: ProcessPlan                                         # plan_exec of the container's process + overrides
+    security: PreparedSecurity
     chan: socket.socket
     stdio: Stdio
-    seccomp: Mapping[str, Any] | None = None
     join_fds: Mapping[str, int] = field(default_factory=dict)
     # the container's linux.uidMappings / gidMappings (its terminal is given to the user through them)
     uid_mappings: tuple[tuple[int, int, int], ...] = ()
@@ -95,7 +95,9 @@ class ExecContext:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
+    """The checked plan of a container, made by the shim just before it forks the init (see prepare)."""
+
     plan: ContainerPlan
     security: PreparedSecurity
     join_fds: dict[str, int]
@@ -103,16 +105,20 @@ class _Prepared:
     extra_mounts: tuple[MountPlan, ...]
     idmap: mounts.IdMap | None = None          # the pod's user namespace, joined last (see _join_userns)
 
+    def fds(self) -> list[int]:
+        """The namespace fds it holds: the child keeps them until it joins, the shim closes them after the fork."""
+        return [*self.join_fds.values(), *([self.idmap.userns_fd] if self.idmap else [])]
 
-def container_init(ctx: InitContext, cgroup_procs: tuple[str, ...]) -> NoReturn:
-    """The forked child: set the container up, report ready, wait for start, execve. `cgroup_procs`: the
-    files it writes to enter the container's cgroup (the shim may have forked it into part of it already)."""
+
+def container_init(ctx: InitContext, prep: Prepared, cgroup_procs: tuple[str, ...]) -> NoReturn:
+    """The forked child: set the container up as `prep` says, report ready, wait for start, execve.
+    `cgroup_procs`: the files it writes to enter the container's cgroup (the shim may have forked it into
+    part of it already)."""
     try:
-        _prepare_child(ctx.chan, ctx.stdio, ctx.start_fd)
+        _prepare_child(ctx.chan, ctx.stdio, ctx.start_fd, *prep.fds())
         # Not dumpable until execve: nothing already in the container may open /proc/<us>/exe (the host's
         # python, CVE-2019-5736) or ptrace us while we still hold host resources.
         process_security.set_dumpable(False)
-        prep = _prepare(ctx)
         plan = prep.plan
         _enter_cgroup(cgroup_procs)
         _join(prep.join_fds)
@@ -140,8 +146,7 @@ def exec_process(ctx: ExecContext, cgroup_procs: tuple[str, ...]) -> NoReturn:
     try:
         _prepare_child(ctx.chan, ctx.stdio, *ctx.join_fds.values())
         process_security.set_dumpable(False)
-        process = process_plan(ctx.process, "process")
-        security = _with_seccomp(process_security.prepare_process(ctx.process, None), ctx.seccomp)
+        process, security = ctx.process, ctx.security
         _enter_cgroup(cgroup_procs)
         _join(ctx.join_fds)
         _set_limits(process)
@@ -155,17 +160,32 @@ def exec_process(ctx: ExecContext, cgroup_procs: tuple[str, ...]) -> NoReturn:
         _report_and_exit(ctx.chan, e)
 
 
-def _prepare(ctx: InitContext) -> _Prepared:
-    """Check and plan the whole spec (errors name the field and go back to CreateContainer)."""
+def plan_exec(process: Mapping[str, Any], seccomp: Mapping[str, Any] | None) -> tuple[ProcessPlan, PreparedSecurity]:
+    """An exec'd process's plan, made in the shim before the fork (see prepare for why)."""
+    return process_plan(process, "process"), _with_seccomp(process_security.prepare_process(process, None), seccomp)
+
+
+def prepare(ctx: InitContext) -> Prepared:
+    """Check and plan the whole spec; raises InitFailure naming the field (CreateContainer's answer).
+
+    The shim calls this just before it forks the init, not the child: in a freshly forked interpreter every
+    page the planning touches is a copy-on-write fault (about 3 us each on a VM, ~200 of them here), while
+    in the shim those pages are its own. The namespace fds it opens go to the child with the plan."""
     plan = container_plan(ctx.spec, ctx.bundle)
     if ctx.readonly:
         plan = dataclasses.replace(plan, root_readonly=True)
     without_seccomp = {**ctx.spec, "linux": {**(ctx.spec.get("linux") or {}), "seccomp": None}}
     security = _with_seccomp(process_security.prepare(without_seccomp), ctx.seccomp)
-    join, flags = _namespace_plan(plan)
-    idmap = _userns(plan)
-    return _Prepared(plan, security, join, flags,
-                     _pod_mounts(plan, ctx.sandbox_dir) + _pod_shm_mount(plan, ctx.pod_shm, ctx.pod_ipc), idmap)
+    join: dict[str, int] = {}
+    try:
+        flags = _namespace_plan(plan, join)
+        idmap = _userns(plan)
+    except BaseException:
+        for fd in join.values():
+            os.close(fd)
+        raise
+    return Prepared(plan, security, join, flags,
+                    _pod_mounts(plan, ctx.sandbox_dir) + _pod_shm_mount(plan, ctx.pod_shm, ctx.pod_ipc), idmap)
 
 
 def _userns(plan: ContainerPlan) -> mounts.IdMap | None:
@@ -201,10 +221,9 @@ def _with_seccomp(prepared: PreparedSecurity, compiled: Mapping[str, Any] | None
         bpf=bytes.fromhex(compiled["bpf"]), flags=int(compiled["flags"]), seccomp_nr=int(compiled["nr"])))
 
 
-def _namespace_plan(plan: ContainerPlan) -> tuple[dict[str, int], int]:
-    """fds to join (paths that differ from where we are) and CLONE_NEW* flags for new ones. A type absent
-    from the spec is the host's, where the shim (and so this child) already is. PID: done by the shim."""
-    join: dict[str, int] = {}
+def _namespace_plan(plan: ContainerPlan, join: dict[str, int]) -> int:
+    """Fills `join` with fds to join (paths that differ from where the shim is, and so the child) and returns
+    the CLONE_NEW* flags for new ones. A type absent from the spec is the host's. PID: done by the shim."""
     flags = sc.CLONE_NEWNS
     for kind in ("ipc", "uts", "network", "cgroup"):
         if kind not in plan.namespaces:
@@ -224,7 +243,7 @@ def _namespace_plan(plan: ContainerPlan) -> tuple[dict[str, int], int]:
             os.close(fd)
         else:
             join[kind] = fd
-    return join, flags
+    return flags
 
 
 def _pod_mounts(plan: ContainerPlan, sandbox_dir: str) -> tuple[MountPlan, ...]:
@@ -303,7 +322,7 @@ def _join(fds: Mapping[str, int]) -> None:
         os.close(fd)
 
 
-def _build_root(ctx: InitContext, prep: _Prepared) -> None:
+def _build_root(ctx: InitContext, prep: Prepared) -> None:
     plan = prep.plan
     rootfs = plan.root_path
     _step(lambda: sc.mount(None, "/", None, plan.rootfs_propagation), "linux.rootfsPropagation",
@@ -474,25 +493,28 @@ def _step(action: Callable[[], object], field_name: str, what: str) -> None:
         raise InitFailure(proto.FAILURE, f"{what}: {detail}", field_name) from None
 
 
-def _report_and_exit(chan: socket.socket, e: BaseException) -> NoReturn:
+def error_of(e: BaseException) -> tuple[str, str, str | None]:
+    """(kind, message, field) of a setup failure, as CreateContainer reports it."""
     if isinstance(e, InitFailure):
-        err = proto.error(e.kind, e.message, e.field)
-    elif isinstance(e, SpecError):
-        err = proto.error(proto.UNSUPPORTED if e.unsupported else proto.INVALID_SPEC, e.message, e.field)
-    elif isinstance(e, MountError):
-        err = proto.error(proto.INVALID_SPEC, e.message, e.field)
-    elif isinstance(e, base.InvalidSpec):
-        err = proto.error(proto.INVALID_SPEC, e.message.removeprefix(f"{e.field}: "), e.field)
-    elif isinstance(e, base.Unsupported):
-        err = proto.error(proto.UNSUPPORTED, e.message)
-    elif isinstance(e, base.RuntimeFailure):
-        err = proto.error(proto.FAILURE, e.message)
-    elif isinstance(e, SystemExit):
+        return e.kind, e.message, e.field
+    if isinstance(e, SpecError):
+        return proto.UNSUPPORTED if e.unsupported else proto.INVALID_SPEC, e.message, e.field
+    if isinstance(e, MountError):
+        return proto.INVALID_SPEC, e.message, e.field
+    if isinstance(e, base.InvalidSpec):
+        return proto.INVALID_SPEC, e.message.removeprefix(f"{e.field}: "), e.field
+    if isinstance(e, base.Unsupported):
+        return proto.UNSUPPORTED, e.message, None
+    if isinstance(e, base.RuntimeFailure):
+        return proto.FAILURE, e.message, None
+    return proto.FAILURE, f"container setup failed: {type(e).__name__}: {e}", None
+
+
+def _report_and_exit(chan: socket.socket, e: BaseException) -> NoReturn:
+    if isinstance(e, SystemExit):
         os._exit(0)
-    else:
-        err = proto.error(proto.FAILURE, f"container setup failed: {type(e).__name__}: {e}")
     try:
-        proto.send(chan, {"error": err["error"]})
+        proto.send(chan, {"error": proto.error(*error_of(e))["error"]})
     except OSError:
         pass  # the shim is gone; nobody is left to tell
     os._exit(126)

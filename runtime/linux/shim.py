@@ -241,7 +241,7 @@ class Conn:
 class Container:
     id: str
     bundle: str
-    spec: dict[str, Any]                                     # config.json as read (the child plans from it)
+    spec: dict[str, Any]                                     # config.json as read (init.prepare plans from it)
     view: ShimView
     seccomp: dict[str, Any] | None                           # compiled by the daemon, reused by every exec
     cgroup: cgroups.Cgroup
@@ -1008,15 +1008,21 @@ class Shim:
             pod_ipc=self.pod_ns.get("ipc", ""),
             layers=tuple(str(x) for x in msg.get("layers") or []), upper=c.upper, work=c.work, start_fd=start_r,
             cgroup_mounts=self._cgroup_mounts(c.cgroup))
+        prep_fds: list[int] = []
         try:
+            try:
+                prep = cinit.prepare(ctx)
+            except Exception as e:  # noqa: BLE001 - every setup failure is the request's answer
+                raise ShimError(*cinit.error_of(e)) from None
+            prep_fds = prep.fds()
             pid = self._fork_in_pid_ns(c.view.pid_namespace, None, c.cgroup,
-                                       lambda procs: cinit.container_init(ctx, procs))
+                                       lambda procs: cinit.container_init(ctx, prep, procs))
         except BaseException:
             parent_chan.close()
             _close_fds([start_w, *parent_ends["out"], *([parent_ends["stdin"]] if parent_ends["stdin"] >= 0 else [])])
             raise
         finally:
-            _close_fds(fd for fd in (start_r, stdio.stdin, stdio.stdout, stdio.stderr) if fd >= 0)
+            _close_fds(fd for fd in (start_r, stdio.stdin, stdio.stdout, stdio.stderr, *prep_fds) if fd >= 0)
             child_chan.close()
         undo.clear()  # from here on the child's exit path cleans up (see _init_failed)
         c.pid, c.start_w, c.chan = pid, start_w, parent_chan
@@ -1425,6 +1431,10 @@ class Shim:
 
     def _native_exec(self, conn: Conn, c: Container, process: dict[str, Any], msg: dict[str, Any]) -> None:
         """Fork the exec'd process into the container's namespaces and cgroup (runtime.linux.init)."""
+        try:
+            planned, security = cinit.plan_exec(process, c.seccomp)
+        except Exception as failure:  # noqa: BLE001 - every setup failure is the request's answer
+            raise ShimError(*cinit.error_of(failure)) from None
         join_fds: dict[str, int] = {}
         pid_fd = -1
         try:
@@ -1449,7 +1459,7 @@ class Shim:
             gid_maps = id_mappings(linux.get("gidMappings", []), "linux.gidMappings")
         except SpecError:
             uid_maps = gid_maps = ()   # the container was created with them, so they were valid then
-        ctx = cinit.ExecContext(process=process, seccomp=c.seccomp, chan=child_chan, stdio=stdio,
+        ctx = cinit.ExecContext(process=planned, security=security, chan=child_chan, stdio=stdio,
                                 join_fds=join_fds, uid_mappings=uid_maps, gid_mappings=gid_maps)
         try:
             same_pid_ns = _same_file(pid_fd, self.host_ns["pid"])

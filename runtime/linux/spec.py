@@ -143,9 +143,8 @@ def read_spec(bundle: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ShimView:
-    """The few fields the pod shim needs before it forks a container's init (cgroup, PID namespace,
-    terminal, rootfs directory). Everything else is read, checked and prepared by the forked child:
-    code the shim runs costs memory in every shim, code the child runs is gone at execve."""
+    """The few fields the pod shim needs to make a container's parts (cgroup, PID namespace, terminal,
+    rootfs directory). The rest is planned by runtime.linux.init.prepare just before the fork."""
 
     root_path: str
     cgroups_path: str

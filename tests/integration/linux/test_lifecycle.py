@@ -97,6 +97,7 @@ def test_custom_stop_signal_is_used(lab: Lab) -> None:
         pod = await lab.pod(b)
         cid = "f" * 64
         info = lab.container_paths(pod, cid)
+        (lab.root / "a-file").write_text("")
         oci.write(info.bundle, lab.container_spec(pod, cid, ("sh", "-c", "trap 'exit 9' USR1; echo ready; while :; do sleep 0.05; done")))
         await b.create_container(base.ContainerSpec(
             id=cid, sandbox_id=pod.id, bundle_dir=str(info.bundle),
@@ -326,6 +327,13 @@ def test_container_stats(lab: Lab) -> None:
 # ---------------------------------------------------------------- bad input
 
 
+def _shim_fds(pid: int | None) -> dict[str, str]:
+    """The shim's open fds but its sockets (requests in flight come and go)."""
+    fds = Path(f"/proc/{pid}/fd")
+    targets = {f: os.readlink(fds / f) for f in os.listdir(fds)}
+    return {f: t for f, t in targets.items() if not t.startswith("socket:")}
+
+
 def test_bad_specs_fail_at_create_naming_the_field_and_leave_nothing(lab: Lab) -> None:
     async def body(b: LinuxBackend) -> None:
         pod = await lab.pod(b)
@@ -343,13 +351,18 @@ def test_bad_specs_fail_at_create_naming_the_field_and_leave_nothing(lab: Lab) -
             ({"args": ()}, base.InvalidSpec, "process.args"),
             ({"user": oci.User(uid=2**32 - 1)}, base.InvalidSpec, "process.user.uid"),
         ]
+        first = await lab.container(b, pod, ("true",))
+        await wait_exit(b, first.id)
+        await b.delete_container(first.id)
+        fds_before = _shim_fds(pod.status.monitor_pid)
         for kwargs, error, field in cases:
             args = kwargs.pop("args", ("true",))
             with pytest.raises(error) as e:
                 await lab.container(b, pod, args, start=False, **kwargs)  # type: ignore[arg-type]
             assert field in e.value.message, (field, e.value.message)
             assert "Traceback" not in e.value.message
-        # nothing is left: no container cgroup, no container state, no writable layer
+        # nothing is left: no container cgroup, no container state, no writable layer, no fd in the shim
+        assert _shim_fds(pod.status.monitor_pid) == fds_before
         assert [p.name for p in Path(f"/sys/fs/cgroup/memory{pod.cgroup_parent}").iterdir() if p.is_dir()] \
             == ["monitor"]
         assert os.listdir(lab.state / "pods" / pod.id / "containers") == []
@@ -357,6 +370,32 @@ def test_bad_specs_fail_at_create_naming_the_field_and_leave_nothing(lab: Lab) -
         # and the pod still works
         c = await lab.container(b, pod, ("true",))
         assert (await wait_exit(b, c.id)).exit_code == 0
+    lab.run(body)
+
+
+def test_a_log_file_that_cannot_be_opened_fails_create_after_the_init_was_forked_and_leaves_nothing(lab: Lab) -> None:
+    """The shim opens the log while the freshly forked init plans the spec; failing then must take the init
+    down too (no process of the shim's but the pod's own)."""
+    async def body(b: LinuxBackend) -> None:
+        pod = await lab.pod(b)
+        shim_pid = pod.status.monitor_pid
+        children = Path(f"/proc/{shim_pid}/task/{shim_pid}/children")
+        before = children.read_text()
+        cid = "f" * 64
+        info = lab.container_paths(pod, cid)
+        (lab.root / "a-file").write_text("")
+        oci.write(info.bundle, lab.container_spec(pod, cid, ("true",)))
+        with pytest.raises(base.InvalidSpec) as e:
+            await b.create_container(base.ContainerSpec(
+                id=cid, sandbox_id=pod.id, bundle_dir=str(info.bundle),
+                rootfs=base.RootfsSpec(layers=(str(lab.rootfs),), scratch=str(info.scratch)),
+                stdio=base.StdioSpec(log_path=str(lab.root / "a-file" / "c.log"))))
+        assert "log_path" in e.value.message and "a-file" in e.value.message
+        assert children.read_text() == before
+        assert os.listdir(lab.state / "pods" / pod.id / "containers") == []
+        assert not (info.scratch / "upper").exists()
+        assert [p.name for p in Path(f"/sys/fs/cgroup/unified{pod.cgroup_parent}").iterdir() if p.is_dir()] \
+            == ["monitor"]
     lab.run(body)
 
 
