@@ -6,7 +6,9 @@ Prints, for the same machine and the same run:
 - `runc create` + `runc start` of the very same bundle (Debian's runc; the overlay rootfs mounted on the host
   beforehand and not timed), p50/p99, and the ratio of our p50 to runc's;
 - per-pod PSS (proportional set size, /proc/PID/smaps_rollup) of the runtime's processes (pod shims, the
-  zygote's share, pod init processes) with N pods each running one container.
+  zygote's share, pod init processes) with N pods each running one container; then again with the kernel's
+  samepage merging running (KSM; the bench starts it and puts it back as it was), which merges the pages
+  the shims marked mergeable (runtime.ksm = "mark", the default).
 
 Writing config.json is the daemon's job and is not timed; stop/delete between runs is not timed either.
 Everything lives under one temporary directory and cgroups named "cri-shim-bench-*"; all is removed at the end.
@@ -135,11 +137,14 @@ class Bench:
         shutil.rmtree(upper, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
-    async def pss(self, b: LinuxBackend) -> dict[str, float]:
+    async def start_pods(self, b: LinuxBackend) -> list[PodInfo]:
         pods = [await self.lab.pod(b, network=base.NamespaceMode.NODE) for _ in range(self.pods)]
         for pod in pods:
             await self.lab.container(b, pod, ("sleep", "1000"))
         await asyncio.sleep(1.0)
+        return pods
+
+    def pss(self, pods: list[PodInfo]) -> dict[str, float]:
         shims = [p.status.monitor_pid or 0 for p in pods]
         zygote = children_named("cri-shim-zygote")
         shim_kib = sum(pss_kib(p) for p in shims)
@@ -147,6 +152,32 @@ class Bench:
         return {"pods": len(pods), "shim_total_mib": shim_kib / 1024, "zygote_mib": zygote_kib / 1024,
                 "per_pod_mib": (shim_kib + zygote_kib) / 1024 / len(pods),
                 "shim_rss_mib": sum(_rss_kib(p) for p in shims) / 1024 / len(pods)}
+
+
+KSM = Path("/sys/kernel/mm/ksm")
+
+
+async def with_ksm_running(measure: Callable[[], dict[str, float]], limit: float = 300.0) -> dict[str, float]:
+    """Measure once the kernel's samepage merging (default scan rate) has settled: two full scans after it
+    started and no change in merged pages over the last one. KSM is put back as it was (merges undone)."""
+    before = (KSM / "run").read_text().strip()
+    (KSM / "run").write_text("1")
+    try:
+        start_scans = int((KSM / "full_scans").read_text())
+        deadline = time.monotonic() + limit
+        last = -1
+        while time.monotonic() < deadline:
+            await asyncio.sleep(5)
+            scans = int((KSM / "full_scans").read_text()) - start_scans
+            sharing = int((KSM / "pages_sharing").read_text())
+            if scans >= 2 and sharing == last:
+                break
+            last = sharing
+        return measure()
+    finally:
+        if before != "1":
+            (KSM / "run").write_text("2")      # stop and undo the merges...
+            (KSM / "run").write_text(before)   # ...then as it was
 
 
 def _rss_kib(pid: int) -> int:
@@ -174,10 +205,15 @@ async def main_async(args: argparse.Namespace, lab: Lab) -> None:
         await b.remove_sandbox(pod.id)
         lab.pods.remove(pod)
         if args.pods:
-            pss = await bench.pss(b)
+            pods = await bench.start_pods(b)
+            pss = bench.pss(pods)
             print(f"{'per-pod PSS (shim + zygote share)':<44} {pss['per_pod_mib']:.2f} MiB over {pss['pods']} pods "
                   f"(shims {pss['shim_total_mib']:.1f} MiB, zygote {pss['zygote_mib']:.1f} MiB; "
                   f"shim RSS {pss['shim_rss_mib']:.1f} MiB each; target <= 1.9 MiB)")
+            if KSM.is_dir() and not args.skip_ksm:
+                merged = await with_ksm_running(lambda: bench.pss(pods))
+                print(f"{'per-pod PSS, KSM running (runtime.ksm=mark)':<44} {merged['per_pod_mib']:.2f} MiB "
+                      f"(shims {merged['shim_total_mib']:.1f} MiB, zygote {merged['zygote_mib']:.1f} MiB)")
     finally:
         await lab.remove_pods(b)
         await b.close()
@@ -198,6 +234,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--pods", type=int, default=50)
     parser.add_argument("--skip-runc", action="store_true")
+    parser.add_argument("--skip-ksm", action="store_true", help="no PSS measurement with KSM running")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.runtime needs root")

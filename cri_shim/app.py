@@ -204,14 +204,14 @@ class Daemon:
             from runtime.linux.backend import LinuxBackend   # Linux only: imports the pod shim's syscalls
             try:
                 handlers[""] = LinuxBackend(cfg.state_dir, cgroup_driver=cfg.runtime.cgroup_driver,
-                                            log_level=cfg.server.log_level)
+                                            log_level=cfg.server.log_level, ksm=cfg.runtime.ksm)
             except base.RuntimeFailure as e:
                 raise StartupError(f"cannot set up the native Linux runtime: {e.message}") from None
             if cfg.runtime.runc_path:
                 try:   # LinuxBackend checks that runc_path is an executable
                     handlers[HANDLER_RUNC] = LinuxBackend(
                         cfg.state_dir / "runc", cgroup_driver=cfg.runtime.cgroup_driver,
-                        log_level=cfg.server.log_level, runc_path=cfg.runtime.runc_path)
+                        log_level=cfg.server.log_level, runc_path=cfg.runtime.runc_path, ksm=cfg.runtime.ksm)
                 except base.RuntimeFailure as e:   # optional: the native runtime still serves every pod
                     log.warning("no %r runtime handler: %s", HANDLER_RUNC, e.message)
         if self.windows_host or cfg.windows.test_fake_hcs:

@@ -54,6 +54,13 @@ class RuntimeConfig:
     runc_path: str = _doc('The runc binary behind runtime handler "runc" (RuntimeClass handler: runc): pods of that '
                           'handler run in the same pod shims, their containers through runc. The handler exists only '
                           'when this file is there; "" disables it.', "/usr/sbin/runc")
+    ksm: str = _doc('Kernel samepage merging (KSM) of the pod shims\' memory. "mark": the memory each shim shares '
+                    "with its zygote is marked mergeable, so on a node running KSM (/sys/kernel/mm/ksm/run = 1) "
+                    "the pages a shim copied only for CPython's reference counts are merged back (per-pod PSS "
+                    '5.5 -> 1.7 MiB measured); nothing happens while KSM is off. "start": also start KSM at '
+                    "daemon start if it is off (KSM then scans the memory marked mergeable: the shims', and "
+                    'that of any other program that asked for it, e.g. VMs). "off": mark nothing. Containers '
+                    "are never mergeable (the marks are on the shim's mappings, which execve discards).", "mark")
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,7 @@ class Config:
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CGROUP_DRIVERS = ("cgroupfs", "systemd")
+KSM_MODES = ("off", "mark", "start")     # as runtime.linux.backend.KSM_MODES (not importable on Windows)
 
 
 def load(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
@@ -262,6 +270,8 @@ def _validate(config: Config, source: str) -> None:
     if config.runtime.runc_path and not Path(config.runtime.runc_path).is_absolute():
         raise ConfigError(f"{source}: runtime.runc_path: must be an absolute path or \"\", "
                           f"got {config.runtime.runc_path!r}")
+    if config.runtime.ksm not in KSM_MODES:
+        raise ConfigError(f"{source}: runtime.ksm: must be one of {', '.join(KSM_MODES)}, got {config.runtime.ksm!r}")
     if config.runtime.cgroup_driver not in CGROUP_DRIVERS:
         raise ConfigError(f"{source}: runtime.cgroup_driver: must be one of {', '.join(CGROUP_DRIVERS)}, "
                           f"got {config.runtime.cgroup_driver!r}")

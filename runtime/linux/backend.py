@@ -64,15 +64,21 @@ class Pod:
     events: asyncio.Task[None] | None = None
 
 
+KSM_MODES = ("off", "mark", "start")
+
+
 class LinuxBackend:
     """Pods and containers with namespaces, cgroups and overlayfs, held by one pod shim per pod."""
 
     name = "native"
 
     def __init__(self, state_dir: str | Path, *, cgroup_driver: str = "cgroupfs", call_timeout: float = 10.0,
-                 start_timeout: float = 30.0, log_level: str = "warning", runc_path: str = "") -> None:
+                 start_timeout: float = 30.0, log_level: str = "warning", runc_path: str = "",
+                 ksm: str = "mark") -> None:
         """`runc_path` set: this backend's containers run through that runc binary (the "runc" handler;
-        runtime.linux.shim_runc) instead of the native init; pods are the same pod shims either way."""
+        runtime.linux.shim_runc) instead of the native init; pods are the same pod shims either way.
+        `ksm`: "mark" the pod shims' memory mergeable (runtime.linux.zygote), "start" also start the
+        kernel's samepage merging if it is off, "off" neither."""
         self.state_dir = Path(state_dir)
         longest = len(str(self.state_dir / "pods")) + 1 + MAX_SANDBOX_ID + len("/sock")
         if longest > UNIX_PATH_MAX:
@@ -81,6 +87,9 @@ class LinuxBackend:
         if cgroup_driver != "cgroupfs":
             raise base.Unsupported(f"cgroup_driver: {cgroup_driver!r} is not supported by the native runtime yet")
         self.cgroup_driver = cgroup_driver
+        if ksm not in KSM_MODES:
+            raise base.InvalidSpec("ksm", f"must be one of {', '.join(KSM_MODES)}, got {ksm!r}")
+        self.ksm = ksm
         self.runc_path = runc_path
         if runc_path:
             if not os.path.isabs(runc_path) or not os.access(runc_path, os.X_OK):
@@ -96,7 +105,7 @@ class LinuxBackend:
         self.call_timeout = call_timeout
         self.start_timeout = start_timeout
         self.log_level = log_level
-        self._zygote = Zygote(self.state_dir, log_level=log_level)
+        self._zygote = Zygote(self.state_dir, log_level=log_level, ksm=ksm != "off")
         self._hierarchy = cgroups.open_hierarchy()
         self._pods: dict[str, Pod] = {}
         self._container_pod: dict[str, str] = {}
@@ -109,6 +118,10 @@ class LinuxBackend:
     async def start(self) -> None:
         """Start (or reconnect to) the shim zygote now, so the first pod does not pay for it.
         Optional: create_sandbox does it on demand."""
+        if self.ksm == "start":
+            problem = host.start_ksm()
+            if problem:
+                log.warning("ksm = \"start\": %s; the pod shims' memory is marked but not merged", problem)
         await self._zygote.ensure()
 
     # ------------------------------------------------------------ sandboxes

@@ -79,6 +79,20 @@ def systemd_pid1() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
+KSM_RUN = Path("/sys/kernel/mm/ksm/run")
+
+
+def start_ksm(run_file: Path = KSM_RUN) -> str:
+    """Start the kernel's samepage merging if it is stopped ("0"); "" when it runs, else why it cannot.
+    KSM scans only memory marked mergeable (the pod shims', and that of any program that opted in)."""
+    try:
+        if run_file.read_text().strip() != "1":
+            run_file.write_text("1")
+    except OSError as e:
+        return f"cannot start KSM through {run_file}: {e.strerror or e}"
+    return ""
+
+
 def probe() -> HostReport:
     mode = cgroup_mode()
     controllers = cgroup_controllers(mode)

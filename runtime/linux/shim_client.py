@@ -113,11 +113,12 @@ def _describe(e: BaseException) -> str:
 
 class Zygote:
     """The warm parent of pod shims: started once (exec'd, never forked by the daemon), reused after a
-    daemon restart if it is still alive, and stopped on close()."""
+    daemon restart if it is still alive and set up the same way (`ksm`), and stopped on close()."""
 
     def __init__(self, state_dir: Path, python: str = sys.executable, timeout: float = 10.0,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", ksm: bool = False) -> None:
         self.log_level = log_level
+        self.ksm = ksm
         self.sock_path = str(state_dir / ZYGOTE_SOCKET)
         self.pid_path = self.sock_path + ".pid"
         self.log_path = str(state_dir / "zygote.log")
@@ -170,7 +171,8 @@ class Zygote:
         try:
             await aio.asend(sock, proto.request("ping"))
             reply, _ = await asyncio.wait_for(aio.arecv(sock), 2.0)
-            return bool(reply and reply.get("ok") and reply.get("version") == proto.VERSION)
+            return bool(reply and reply.get("ok") and reply.get("version") == proto.VERSION
+                        and bool(reply.get("ksm")) == self.ksm)
         except (OSError, asyncio.TimeoutError, proto.ProtocolError):
             return False
         finally:
@@ -183,7 +185,8 @@ class Zygote:
         with open(self.log_path, "ab") as logf:
             # start_new_session: its own session, so the daemon's terminal or unit signals never reach it.
             self._proc = subprocess.Popen(
-                [self.python, "-S", "-m", "runtime.linux.zygote", self.sock_path, self.log_level],
+                [self.python, "-S", "-m", "runtime.linux.zygote", self.sock_path, self.log_level,
+                 *(["ksm"] if self.ksm else [])],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, cwd="/",
                 start_new_session=True, close_fds=True)
         deadline = time.monotonic() + self.timeout

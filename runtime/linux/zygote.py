@@ -8,7 +8,8 @@ child starts a new session and exits, the grandchild becomes the pod shim
 (reparented away from the zygote, so neither the zygote nor the daemon dying
 affects it). The shim answers the daemon on the very connection the request
 came in on, which it inherited; the zygote closes its copy at once and never
-waits for a pod, so spawns do not queue behind each other.
+waits for a pod, so spawns do not queue behind each other. With `ksm` it marks
+its memory mergeable before serving (see serve), so the shims inherit that.
 
 Single-threaded, imports no grpc.
 """
@@ -30,7 +31,7 @@ from runtime.linux import syscalls as sc
 log = logging.getLogger("cri-shim.zygote")
 
 
-def serve(sock_path: str) -> NoReturn:
+def serve(sock_path: str, ksm: bool) -> NoReturn:
     listener = proto.new_socket()
     try:
         os.unlink(sock_path)
@@ -45,17 +46,21 @@ def serve(sock_path: str) -> NoReturn:
     shim.warm_up()
     gc.collect()
     gc.freeze()  # every object so far is shared with the shims: keep the collector's hands off them
+    if ksm:
+        # The pages each shim copies only because CPython wrote a reference count into them mostly end up
+        # equal to the zygote's again (or to another shim's); on a node running KSM they are merged back.
+        log.info("marked %d MiB mergeable (KSM)", sc.mark_mergeable() >> 20)
     while True:
         conn, _ = listener.accept()
         try:
-            handle(listener, conn)
+            handle(listener, conn, ksm)
         except Exception:  # noqa: BLE001 - one bad request must not take the zygote down
             log.exception("request failed")
         finally:
             conn.close()
 
 
-def handle(listener: socket.socket, conn: socket.socket) -> None:
+def handle(listener: socket.socket, conn: socket.socket, ksm: bool) -> None:
     msg, fds = proto.recv(conn)
     for fd in fds:
         os.close(fd)
@@ -66,7 +71,7 @@ def handle(listener: socket.socket, conn: socket.socket) -> None:
         return
     op = msg.get("op")
     if op == "ping":
-        proto.send(conn, proto.ok(pid=os.getpid(), version=proto.VERSION))
+        proto.send(conn, proto.ok(pid=os.getpid(), version=proto.VERSION, ksm=ksm))
     elif op == "spawn":
         spawn(listener, conn, msg.get("config") or {})
     elif op == "stop":
@@ -91,10 +96,10 @@ def spawn(listener: socket.socket, conn: socket.socket, config: dict[str, Any]) 
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) not in (2, 3):
-        sys.stderr.write("usage: python -m runtime.linux.zygote <socket> [log level]\n")
+    if len(argv) not in (2, 3, 4) or argv[3:] not in ([], ["ksm"]):
+        sys.stderr.write("usage: python -m runtime.linux.zygote <socket> [log level] [ksm]\n")
         sys.exit(2)
-    level = (argv[2] if len(argv) == 3 else "warning").upper()
+    level = (argv[2] if len(argv) >= 3 else "warning").upper()
     # One handler for the zygote and every shim it forks (a per-pod handler would cost each shim
     # ~1 MiB of unshared pages); %(process)d tells the shims apart (their pid is in shim.pid).
     logging.basicConfig(level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "WARNING",
@@ -102,7 +107,7 @@ def main(argv: list[str]) -> None:
     sc.set_process_name("cri-shim-zygote")
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    serve(argv[1])
+    serve(argv[1], ksm=argv[3:] == ["ksm"])
 
 
 if __name__ == "__main__":

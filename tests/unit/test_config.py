@@ -46,6 +46,7 @@ def test_file_and_overrides(tmp_path: Path) -> None:
     ('[server]\nlog_level = 3\n', "server.log_level: expected a string, got integer"),
     ('[network]\ncni_bin_dirs = "/opt/cni/bin"\n', "network.cni_bin_dirs: expected a list of a string"),
     ('[runtime]\ncgroup_driver = "nope"\n', "runtime.cgroup_driver: must be one of cgroupfs, systemd"),
+    ('[runtime]\nksm = "always"\n', "runtime.ksm: must be one of off, mark, start, got 'always'"),
     ('[server]\nroot = "relative/dir"\n', "server.root: must be an absolute path"),
     ('[server]\nsocket = "/' + "a" * 120 + '.sock"\n', "server.socket: path is"),
     ('[server]\nmetrics_address = "nonsense"\n', "server.metrics_address: expected host:port"),
