@@ -103,6 +103,15 @@ def _is_under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "\\")
 
 
+def long_path(path: Path, windows: bool = os.name == "nt") -> Path:
+    """`\\\\?\\C:\\...` on Windows: base layers hold paths (WinSxS) longer than MAX_PATH, which CreateFileW and
+    the os module only accept in this form unless long paths are enabled machine-wide. Unchanged elsewhere."""
+    text = str(path)
+    if not windows or text.startswith("\\\\?\\"):
+        return path
+    return Path("\\\\?\\" + os.path.abspath(text))
+
+
 def _local(root: Path, path: str) -> Path:
     # layer_tar.windows_path already refused "..", empty parts, absolute paths and reserved characters.
     return root.joinpath(*path.split("\\"))
@@ -341,12 +350,12 @@ class WclayerImporter:
             raise RuntimeFailure(f"{what}: {e.strerror or e} ({e.filename or layer_dir})") from None
 
     def _import_base(self, source: IO[bytes], layer_dir: Path) -> int:
-        writer = BaseLayerWriter(self._files, layer_dir, self._max_bytes)
+        writer = BaseLayerWriter(self._files, long_path(layer_dir), self._max_bytes)
         try:
             count = parse(source, writer)
         finally:
             writer.close_current()
-        writer.reapply_directory_times(layer_dir)
+        writer.reapply_directory_times(writer.root)
         self._native.process_base_image(str(layer_dir))
         if writer.has_utility_vm:
             self._native.process_utility_image(str(layer_dir / UTILITY_VM))
@@ -356,7 +365,9 @@ class WclayerImporter:
         staging = layer_dir.with_name(layer_dir.name + STAGING_SUFFIX)
         shutil.rmtree(staging, ignore_errors=True)        # a crashed earlier attempt at the same folder
         staging.mkdir()
-        writer = TransportWriter(self._files, staging, layer_dir, parents, self._max_bytes)
+        # File work uses long paths; vmcompute gets the paths as given (hcsshim passes plain ones).
+        writer = TransportWriter(self._files, long_path(staging), long_path(layer_dir),
+                                 [long_path(p) for p in parents], self._max_bytes)
         try:
             try:
                 count = parse(source, writer)
