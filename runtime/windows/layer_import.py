@@ -51,6 +51,7 @@ import ctypes as C
 import logging
 import os
 import shutil
+import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,43 @@ def _local(root: Path, path: str) -> Path:
     return root.joinpath(*path.split("\\"))
 
 
+def _is_reparse_point(st: os.stat_result) -> bool:
+    """A symbolic link or (Windows) any reparse point, junctions included."""
+    return stat.S_ISLNK(st.st_mode) or bool(getattr(st, "st_file_attributes", 0) & FILE_ATTRIBUTE_REPARSE_POINT)
+
+
+def _resolve(root: Path, path: str, entry: str) -> Path:
+    """`path` under an existing layer folder, refusing to pass through a reparse point on the way (a junction in
+    a parent layer, or one ImportLayer made, must not let a hard link or a deletion reach outside `root`)."""
+    current = root
+    for part in path.split("\\")[:-1]:
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            break
+        if _is_reparse_point(st):
+            raise LayerFormatError(entry, f"{part!r} in {root} is a link or junction; refusing to follow it")
+    return _local(root, path)
+
+
+def _remove(local: Path) -> None:
+    """Delete a file, a directory tree, or a link / junction itself (never what it points to)."""
+    try:
+        st = os.lstat(local)
+    except FileNotFoundError:
+        return
+    if _is_reparse_point(st):
+        try:
+            os.unlink(local)
+        except (IsADirectoryError, PermissionError):
+            os.rmdir(local)                     # a directory junction or directory symlink on Windows
+    elif stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(local)
+    else:
+        os.unlink(local)
+
+
 @dataclass
 class _Open:
     """The file the parser is currently streaming into."""
@@ -137,20 +175,21 @@ class _Writer:
         self.max_bytes = max_bytes
         self.written = 0
         self.dirs: list[tuple[str, FileInfo]] = []
-        self._reparse_dirs: list[str] = []
+        self._reparse_points: list[str] = []
         self._open: list[_Open] = []      # the file, then its BCD backup copy if any
 
     def _check_path(self, path: str) -> None:
-        # A directory junction or link in this layer is applied as a reparse point: writing under it would
-        # write through it (hcsshim's safefile refuses the same).
-        for d in self._reparse_dirs:
+        # A junction or symbolic link in this layer becomes a reparse point: writing, linking or deleting below
+        # it would go through it (hcsshim's safefile refuses the same).
+        for d in self._reparse_points:
             if _is_under(path, d) and path != d:
-                raise LayerFormatError(path, f"it is below {d}, a directory reparse point in the same layer")
+                raise LayerFormatError(path, f"it is below {d}, a link or junction in the same layer")
 
-    def _note_directory(self, path: str, info: FileInfo) -> None:
-        self.dirs.append((path, info))
+    def _note(self, path: str, info: FileInfo) -> None:
+        if info.attributes & FILE_ATTRIBUTE_DIRECTORY:
+            self.dirs.append((path, info))
         if info.attributes & FILE_ATTRIBUTE_REPARSE_POINT:
-            self._reparse_dirs.append(path)
+            self._reparse_points.append(path)
 
     def _start(self, handle: int, path: str, *, backup: bool, restore_security: bool) -> None:
         self._open.append(_Open(handle, path, backup, restore_security))
@@ -217,10 +256,10 @@ class BaseLayerWriter(_Writer):
                 raise LayerFormatError(path, "a file and a directory at the same path in one layer")
             local.parent.mkdir(parents=True, exist_ok=True)
             handle = self.files.create_directory(str(local), restore_security=True)
-            self._note_directory(path, info)
         else:
             self._replace_file(path, local)
             handle = self.files.create_file(str(local), restore_security=True)
+        self._note(path, info)
         self._start(handle, str(local), backup=True, restore_security=True)
         self.files.set_basic_info(handle, str(local), info)
         backup_name = MUTATED_BCD.get(path)
@@ -233,8 +272,9 @@ class BaseLayerWriter(_Writer):
     def add_link(self, path: str, target: str) -> None:
         self.close_current()
         self._check_path(path)
+        self._check_path(target)
         source = _local(self.root, target)
-        if not source.is_file():
+        if not source.is_file() or source.is_symlink():
             raise LayerFormatError(path, f"hard link to {target!r}, which is not a file earlier in the layer")
         local = _local(self.root, path)
         self._replace_file(path, local)
@@ -277,8 +317,8 @@ class TransportWriter(_Writer):
             if local.exists() and not local.is_dir():
                 raise LayerFormatError(path, "a file and a directory at the same path in one layer")
             local.mkdir(parents=True, exist_ok=True)
-            self._note_directory(path, info)
             local = local.with_name(local.name + DIR_METADATA_SUFFIX)
+        self._note(path, info)
         self._replace_file(path, local)
         handle = self.files.create_file(str(local), restore_security=False)
         self._start(handle, str(local), backup=hive, restore_security=False)
@@ -290,12 +330,13 @@ class TransportWriter(_Writer):
     def add_link(self, path: str, target: str) -> None:
         self.close_current()
         self._check_path(path)
+        self._check_path(target)
         if not (_is_under(path, "Files") and _is_under(target, "Files")):
             raise LayerFormatError(path, "hard links are only allowed between files under Files/")
         if target in self._added:
             root = self.layer_dir
         else:
-            found = [p for p in self.parents if os.path.lexists(_local(p, target))]
+            found = [p for p in self.parents if os.path.lexists(_resolve(p, target, path))]
             if not found:
                 raise LayerFormatError(path, f"hard link target {target!r} is neither in this layer nor in a "
                                              "parent layer")
@@ -305,6 +346,7 @@ class TransportWriter(_Writer):
 
     def remove(self, path: str) -> None:
         self.close_current()
+        self._check_path(path)
         if not _is_under(path, "Files") or path == "Files":
             raise LayerFormatError(path, "only files under Files/ can be deleted by a whiteout")
         self.tombstones.append(path)
@@ -312,17 +354,15 @@ class TransportWriter(_Writer):
     def apply_after_import(self) -> None:
         """What ImportLayer does not do: deletions, hard links, then the directory times again."""
         for path in self.tombstones:
-            local = _local(self.layer_dir, path)
-            if local.is_dir() and not local.is_symlink():
-                shutil.rmtree(local)
-            elif os.path.lexists(local):
-                local.unlink()
+            _remove(_resolve(self.layer_dir, path, path))
         for link in self.links:
-            local = _local(self.layer_dir, link.path)
-            if os.path.lexists(local):
-                local.unlink()
+            local = _resolve(self.layer_dir, link.path, link.path)
+            source = _resolve(link.target_root, link.target, link.path)
+            if _is_reparse_point(os.lstat(source)):
+                raise LayerFormatError(link.path, f"hard link to {link.target!r}, which is a link or junction")
+            _remove(local)
             local.parent.mkdir(parents=True, exist_ok=True)
-            os.link(_local(link.target_root, link.target), local)
+            os.link(source, local)
         self.reapply_directory_times(self.layer_dir)
 
 

@@ -211,7 +211,13 @@ def test_without_backup_privileges_the_import_says_how_to_run_the_daemon(node: F
 @pytest.mark.parametrize(("raw", "parents", "message"), [
     (layer_tar(entry("Files/j", kind=tarfile.SYMTYPE, link="C:\\elsewhere", pax={"MSWINDOWS.mountpoint": "1",
                                                                                "MSWINDOWS.fileattr": "16"}),
-               entry("Files/j/escape.txt", b"through the junction")), 0, "below Files\\\\j, a directory reparse"),
+               entry("Files/j/escape.txt", b"through the junction")), 0, "below Files\\\\j, a link or junction"),
+    (layer_tar(entry("Files/s", kind=tarfile.SYMTYPE, link="C:\\Windows"),
+               entry("Files/l", kind=tarfile.LNKTYPE, link="Files/s/System32/config/SAM")), 0,
+     "below Files\\\\s, a link or junction"),
+    (layer_tar(entry("Files/j", kind=tarfile.SYMTYPE, link="C:\\elsewhere", pax={"MSWINDOWS.mountpoint": "1",
+                                                                               "MSWINDOWS.fileattr": "16"}),
+               entry("Files/j/.wh.x")), 1, "below Files\\\\j, a link or junction"),
     (layer_tar(entry("Files/a", b"x"), entry("Files/.wh.b")), 0, "a base layer cannot delete files"),
     (layer_tar(entry("UtilityVM/Files/x", b"x")), 1, "UtilityVM content outside the base layer"),
     (layer_tar(entry("Files/l", kind=tarfile.LNKTYPE, link="Files/nowhere")), 1, "neither in this layer nor"),
@@ -228,6 +234,19 @@ def test_layers_the_importer_cannot_import_safely_are_refused_naming_the_entry(
     assert node.win32.leaks() == []
     assert not Path(str(layer) + STAGING_SUFFIX).exists()
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_hard_link_never_follows_a_junction_in_a_parent_layer_out_of_it(node: FakeImportNode,
+                                                                          tmp_path: Path) -> None:
+    base, layer, outside = folders(tmp_path, "base", "layer", "outside")
+    (outside / "secret").write_bytes(b"host file")
+    (base / "Files").mkdir()
+    (base / "Files" / "j").symlink_to(outside)          # what a junction in a parent layer folder looks like here
+    raw = layer_tar(entry("Files/stolen", kind=tarfile.LNKTYPE, link="Files/j/secret"))
+    with pytest.raises(L.LayerFormatError, match="'j' in .* is a link or junction; refusing to follow it"):
+        node.importer.import_layer(io.BytesIO(raw), layer, (base,))
+    assert (outside / "secret").stat().st_nlink == 1    # no second name for the host file
+    assert not Path(str(layer) + STAGING_SUFFIX).exists()
 
 
 # ---------------------------------------------------------------- through the image store
