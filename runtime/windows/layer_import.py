@@ -54,6 +54,7 @@ import shutil
 import stat
 import struct
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -208,13 +209,13 @@ class _Writer:
                 self.files.write(f.handle, f.path, data)
 
     def close_current(self) -> None:
+        """Free BackupWrite's context and close every open handle, even if one of them fails."""
         opened, self._open = self._open, []
-        for f in opened:
-            try:
+        with ExitStack() as stack:
+            for f in opened:
+                stack.callback(self.files.close, f.handle)
                 if f.backup:
-                    self.files.end_backup(f.handle, f.context, restore_security=f.restore_security)
-            finally:
-                self.files.close(f.handle)
+                    stack.callback(self.files.end_backup, f.handle, f.context, restore_security=f.restore_security)
 
     def reapply_directory_times(self, root: Path) -> None:
         """Deleting and linking inside a directory changes its times; put back the ones the tar gave."""
