@@ -36,7 +36,7 @@ from cri_shim.server.image_service import ImageService
 from cri_shim.server.interceptor import CriInterceptor
 from cri_shim.server.metrics import Metrics
 from cri_shim.server.runtime_service import RuntimeService
-from cri_shim import windows_node
+from cri_shim import windows_lock, windows_node
 from cri_shim.services import container_exits, restart
 from cri_shim.services.failpoints import Failpoints
 from cri_shim.services.phases import PhaseTimers
@@ -161,6 +161,9 @@ class Daemon:
             for fd in (_lock(cfg.root_dir / "cri-shim.lock", f"root directory {cfg.root_dir}"),
                        _lock(cfg.socket_path.with_name(cfg.socket_path.name + ".lock"), f"socket {cfg.socket_path}")):
                 resources.callback(os.close, fd)
+        elif sys.platform == "win32":   # no socket to lock; the Linux-run Windows mode has no msvcrt
+            resources.callback(windows_lock.lock_root(cfg.root_dir / "cri-shim.lock",
+                                                      f"root directory {cfg.root_dir}"))
         for sub in ("content", "snapshots"):
             _mkdir(cfg.root_dir / sub, 0o700, sub)
         host = probe_host(self.windows_host)

@@ -70,6 +70,9 @@ class WindowsNode:
 def _node(config: Config, platform: WindowsPlatform, state_dir: str | None = None) -> WindowsNode:
     backends = [WindowsBackend(handler, cfg, platform)
                 for handler, cfg in backend_configs(config, state_dir).items()]
+    if platform.namespaces is not None:
+        # Which HCN namespaces this daemon made, for the restart cleanup (NamespaceManager.gc).
+        platform.namespaces.attach_ledger(Path(state_dir or config.windows.state_dir) / "hcn-namespaces")
     return WindowsNode(backends, platform.namespaces)
 
 

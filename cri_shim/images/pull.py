@@ -51,6 +51,16 @@ Unpacker = Callable[[BinaryIO, Path], object]
 
 
 @dataclass(frozen=True)
+class LayeredUnpacker:
+    """An unpacker that builds each layer on top of its parents' snapshot directories (Windows layers on a
+    Windows node: the import needs the parent layer folders on disk). `unpack(stream, target, parents)`, parents
+    immediate parent first, base last. The puller unpacks such an image's layers in order: each layer's transfer
+    waits for the one below it before it downloads."""
+
+    unpack: Callable[[BinaryIO, Path, tuple[Path, ...]], object]
+
+
+@dataclass(frozen=True)
 class PullSettings:
     config_path: str = ""             # hosts.toml directory
     credentials_file: str = ""
@@ -76,11 +86,13 @@ class _Layer:
     diff_id: str
     chain_id: str
     unpack: bool
+    parents: tuple[str, ...] = ()   # chain ids of the layers below, immediate parent first
 
 
 class Puller:
     def __init__(self, content: ContentStore, snapshots: SnapshotStore, metadata: ImageMetadata, leases: Leases,
-                 settings: PullSettings, unpacker: Unpacker, collect_garbage: Callable[[], None]) -> None:
+                 settings: PullSettings, unpacker: Unpacker | LayeredUnpacker,
+                 collect_garbage: Callable[[], None]) -> None:
         self.content, self.snapshots, self.metadata, self.leases = content, snapshots, metadata, leases
         self.settings = settings
         self._unpack = unpacker
@@ -237,8 +249,10 @@ class Puller:
         # Only images of the node's OS are unpacked (the store's unpacker is that OS's: store.unpacker); foreign
         # layers (Windows base layers that may live outside the registry) are stored, never unpacked here.
         native = config.os == self.settings.platform.os
-        return [_Layer(desc=d, diff_id=diff_id, chain_id=chain, unpack=native and not manifest.is_foreign(d))
-                for d, diff_id, chain in zip(descs, config.diff_ids, chain_ids(config.diff_ids))]
+        chains = chain_ids(config.diff_ids)
+        return [_Layer(desc=d, diff_id=diff_id, chain_id=chain, unpack=native and not manifest.is_foreign(d),
+                       parents=tuple(reversed(chains[:i])))
+                for i, (d, diff_id, chain) in enumerate(zip(descs, config.diff_ids, chains))]
 
     def _fetch_layers(self, client: RegistryClient, ref: Reference, layers: list[_Layer],
                       token: CancelToken) -> dict[str, Usage]:
@@ -247,7 +261,9 @@ class Puller:
             for layer in layers:
                 key = (layer.desc.digest, layer.chain_id if layer.unpack else "")
                 what = f"image {ref}: layer {layer.desc.digest}"
-                start = functools.partial(self._start_transfer, client, layer, what)
+                # Layered unpacking: the transfer below this one must have made its snapshot first.
+                below = joined[-1].future if joined and isinstance(self._unpack, LayeredUnpacker) else None
+                start = functools.partial(self._start_transfer, client, layer, what, below)
                 joined.append(self._join(self._transfers, key, f"download of layer {layer.desc.digest}", start))
             pending = {s.future for s in joined}
             while pending:
@@ -272,16 +288,23 @@ class Puller:
     # ---------------------------------------------------------------- one layer (on a layer thread)
 
     def _start_transfer(self, client: RegistryClient, layer: _Layer, what: str,
+                        below: concurrent.futures.Future[Any] | None,
                         token: CancelToken) -> concurrent.futures.Future[Usage | None]:
-        return self._layer_pool.submit(self._transfer, client, layer, what, token)
+        # The pool runs transfers in submission order and a layer's transfer is always submitted after the one
+        # below it, so a transfer waiting for `below` never holds the thread `below` needs.
+        return self._layer_pool.submit(self._transfer, client, layer, what, below, token)
 
-    def _transfer(self, client: RegistryClient, layer: _Layer, what: str, token: CancelToken) -> Usage | None:
+    def _transfer(self, client: RegistryClient, layer: _Layer, what: str,
+                  below: concurrent.futures.Future[Any] | None, token: CancelToken) -> Usage | None:
         """Make sure the layer's blob (and, if unpacked, its snapshot) exist; the new snapshot's usage."""
         token.check()
         need_snapshot = layer.unpack and not self.snapshots.exists(layer.chain_id)
         need_blob = not self.content.exists(layer.desc.digest)
         if not (need_snapshot or need_blob):
             return None
+        parents: tuple[Path, ...] = ()
+        if need_snapshot and isinstance(self._unpack, LayeredUnpacker):
+            parents = self._wait_for_parents(layer, below, token, what)
         source: ClosableSource
         if need_blob:
             source = client.open_blob(layer.desc, token, what)
@@ -296,7 +319,7 @@ class Puller:
                 temp = self.snapshots.new_temp()
                 diff = Decompressor(compressed, manifest.layer_compression(layer.desc), self.settings.max_layer_bytes,
                                     what)
-                self._extract(diff, temp, compressed, layer, what)
+                self._extract(diff, temp, parents, compressed, layer, what)
             compressed.drain()
             _verify_blob(compressed, layer.desc, what)
             if diff is not None and diff.digest != layer.diff_id:
@@ -318,9 +341,25 @@ class Puller:
                 self.snapshots.discard(temp)
             source.close()
 
-    def _extract(self, diff: Decompressor, temp: Path, compressed: CompressedReader, layer: _Layer, what: str) -> None:
+    def _wait_for_parents(self, layer: _Layer, below: concurrent.futures.Future[Any] | None, token: CancelToken,
+                          what: str) -> tuple[Path, ...]:
+        """The parents' snapshot directories (immediate parent first), once the transfer below has finished."""
+        while below is not None and not below.done():
+            concurrent.futures.wait([below], timeout=0.25)
+            token.check()
+        missing = [chain for chain in layer.parents if not self.snapshots.exists(chain)]
+        if missing:
+            raise FailedPrecondition(f"{what}: cannot import it before its parent layer (chain {missing[0]}), "
+                                     "which was not unpacked on this node")
+        return tuple(self.snapshots.path(chain) for chain in layer.parents)
+
+    def _extract(self, diff: Decompressor, temp: Path, parents: tuple[Path, ...], compressed: CompressedReader,
+                 layer: _Layer, what: str) -> None:
         try:
-            self._unpack(diff, temp)  # type: ignore[arg-type]  # a sequential reader is all unpack_layer uses
+            if isinstance(self._unpack, LayeredUnpacker):
+                self._unpack.unpack(diff, temp, parents)  # type: ignore[arg-type]  # a sequential reader suffices
+            else:
+                self._unpack(diff, temp)  # type: ignore[arg-type]  # a sequential reader is all unpack_layer uses
             diff.drain()  # the tar's end-of-archive padding, and anything after it, is part of the diff_id
         except (RuntimeFailure, CriError) as e:
             # The unpacker wraps errors of the stream it reads (ours) as their cause.

@@ -39,7 +39,7 @@ from cri_shim.images.content import ContentStore
 from cri_shim.images.leases import Leases
 from cri_shim.images.manifest import ImageConfig
 from cri_shim.images.metadata import ImageMetadata, ImageRecord, ImageUser
-from cri_shim.images.pull import Puller, PullSettings, Unpacker
+from cri_shim.images.pull import LayeredUnpacker, Puller, PullSettings, Unpacker
 from cri_shim.images.snapshots import ZERO, SnapshotStore, Usage, disk_usage
 from cri_shim.store.db import MetadataStore
 from cri_shim.types import ImageId
@@ -83,8 +83,8 @@ def user_of(config_user: str) -> tuple[int | None, str]:
 
 
 class ImageStore:
-    def __init__(self, root: Path, db: MetadataStore, settings: PullSettings, unpacker: Unpacker,
-                 pinned: list[str] | None = None) -> None:
+    def __init__(self, root: Path, db: MetadataStore, settings: PullSettings,
+                 unpacker: Unpacker | LayeredUnpacker, pinned: list[str] | None = None) -> None:
         self.content = ContentStore(root / "content")
         self.snapshots = SnapshotStore(root / "snapshots")
         self.metadata = ImageMetadata(db)
@@ -277,12 +277,12 @@ def build(config: Config, db: MetadataStore) -> ImageStore:
     return store
 
 
-def unpacker(os_name: str, max_layer_bytes: int) -> Unpacker:
+def unpacker(os_name: str, max_layer_bytes: int) -> Unpacker | LayeredUnpacker:
     """How a layer becomes a snapshot directory, by the OS of the images this node pulls (the one platform
     switch: the Linux unpacker is imported only when it is chosen, so the daemon imports on Windows).
 
     linux: an overlay lowerdir (runtime.linux.unpack). windows: a Windows layer folder (Files\\, Hives\\;
-    cri_shim.images.windows_layers)."""
+    cri_shim.images.windows_layers: imported over its parents on a Windows node, a LayeredUnpacker)."""
     if os_name == "windows":
         from cri_shim.images import windows_layers
         return windows_layers.unpacker(max_layer_bytes)

@@ -78,6 +78,9 @@ async def recover(state: RuntimeState) -> RecoveryReport:
     await _roll_back_creating(state, report)
     report.leftovers_removed += await state.network.gc(
         {sb.id for sb in state.sandboxes.values() if sb.network_ready})
+    if state.windows.namespaces is not None:   # HCN namespaces of pods that no longer exist (Windows)
+        report.leftovers_removed += await asyncio.to_thread(
+            state.windows.namespaces.gc, {sb.id for sb in state.sandboxes.values()})
     await asyncio.to_thread(_remove_leftovers, state, report)
     report.seconds = time.monotonic() - started
     log.info("recovered %d sandboxes and %d containers in %.0fms (%d exits recorded, %d half-created objects "

@@ -76,6 +76,10 @@ class HcnNamespaces(Protocol):
         """Detach leftover endpoints and delete; a namespace that is gone is fine."""
         ...
 
+    def gc(self, known_sandboxes: set[str]) -> list[str]:
+        """Delete the namespaces this daemon made whose pod is not in `known_sandboxes` (restart); their GUIDs."""
+        ...
+
 
 @dataclass(frozen=True)
 class WindowsHandlers:

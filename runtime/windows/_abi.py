@@ -179,6 +179,11 @@ VMCOMPUTE_LAYERS: dict[str, Signature] = {
     "GetLayerMountPath": (HRESULT, [C.POINTER(DriverInfo), WSTR_IN, C.POINTER(UINT64), C.c_void_p]),
     "ExpandSandboxSize": (HRESULT, [C.POINTER(DriverInfo), WSTR_IN, UINT64]),
     "NameToGuid": (HRESULT, [WSTR_IN, C.POINTER(GUID)]),
+    # Layer import (runtime/windows/layer_import.py): hcsshim `importLayer(info, id, path, descriptors)`,
+    # `processBaseImage(path)`, `processUtilityImage(path)`.
+    "ImportLayer": (HRESULT, [C.POINTER(DriverInfo), WSTR_IN, WSTR_IN, C.POINTER(WC_LAYER_DESCRIPTOR), ULONG]),
+    "ProcessBaseImage": (HRESULT, [WSTR_IN]),
+    "ProcessUtilityImage": (HRESULT, [WSTR_IN]),
 }
 
 # kernel32.dll: job objects and handles (HostProcess containers, stdio).
@@ -196,6 +201,74 @@ KERNEL32: dict[str, Signature] = {
     "CloseHandle": (BOOL, [HANDLE]),
     "LocalFree": (PVOID, [PVOID]),
 }
+
+class FILE_BASIC_INFO(C.Structure):
+    # LARGE_INTEGER x4 then a DWORD: 36 bytes, padded to 40 by the 8-byte alignment of the times.
+    _fields_ = [("CreationTime", C.c_int64), ("LastAccessTime", C.c_int64), ("LastWriteTime", C.c_int64),
+                ("ChangeTime", C.c_int64), ("FileAttributes", DWORD)]
+
+
+class LUID(C.Structure):
+    _fields_ = [("LowPart", DWORD), ("HighPart", C.c_int32)]
+
+
+class LUID_AND_ATTRIBUTES(C.Structure):
+    _fields_ = [("Luid", LUID), ("Attributes", DWORD)]
+
+
+class TOKEN_PRIVILEGES2(C.Structure):
+    """TOKEN_PRIVILEGES with room for the two privileges a layer import needs (Backup and Restore)."""
+    _fields_ = [("PrivilegeCount", DWORD), ("Privileges", LUID_AND_ATTRIBUTES * 2)]
+
+
+# kernel32.dll: files written with backup semantics (runtime/windows/layer_import.py).
+KERNEL32_FILES: dict[str, Signature] = {
+    "CreateFileW": (HANDLE, [WSTR_IN, DWORD, DWORD, PVOID, DWORD, DWORD, HANDLE]),
+    "CreateDirectoryW": (BOOL, [WSTR_IN, PVOID]),
+    "WriteFile": (BOOL, [HANDLE, PVOID, DWORD, C.POINTER(DWORD), PVOID]),
+    "BackupWrite": (BOOL, [HANDLE, PVOID, DWORD, C.POINTER(DWORD), BOOL, BOOL, C.POINTER(C.c_void_p)]),
+    "SetFileInformationByHandle": (BOOL, [HANDLE, C.c_int32, PVOID, DWORD]),
+    "GetCurrentProcess": (HANDLE, []),
+    "CloseHandle": (BOOL, [HANDLE]),
+}
+
+# advapi32.dll: SeBackupPrivilege / SeRestorePrivilege for BackupWrite.
+ADVAPI32_PRIVILEGES: dict[str, Signature] = {
+    "OpenProcessToken": (BOOL, [HANDLE, DWORD, C.POINTER(HANDLE)]),
+    "LookupPrivilegeValueW": (BOOL, [WSTR_IN, WSTR_IN, C.POINTER(LUID)]),
+    "AdjustTokenPrivileges": (BOOL, [HANDLE, BOOL, C.POINTER(TOKEN_PRIVILEGES2), DWORD, C.POINTER(TOKEN_PRIVILEGES2),
+                                     C.POINTER(DWORD)]),
+}
+
+# File and token constants (winnt.h, fileapi.h, winerror.h).
+GENERIC_READ = 0x80000000
+GENERIC_WRITE = 0x40000000
+WRITE_DAC = 0x40000
+WRITE_OWNER = 0x80000
+ACCESS_SYSTEM_SECURITY = 0x1000000
+FILE_SHARE_READ = 0x1
+CREATE_NEW = 1
+OPEN_EXISTING = 3
+FILE_FLAG_BACKUP_SEMANTICS = 0x02000000
+FILE_FLAG_OPEN_REPARSE_POINT = 0x00200000
+FileBasicInfo = 0
+TOKEN_ADJUST_PRIVILEGES = 0x20
+TOKEN_QUERY = 0x8
+SE_PRIVILEGE_ENABLED = 0x2
+ERROR_ALREADY_EXISTS = 183
+ERROR_NOT_ALL_ASSIGNED = 1300
+
+WIN32_ERRORS = {
+    2: "ERROR_FILE_NOT_FOUND", 3: "ERROR_PATH_NOT_FOUND", 5: "ERROR_ACCESS_DENIED", 6: "ERROR_INVALID_HANDLE",
+    32: "ERROR_SHARING_VIOLATION", 80: "ERROR_FILE_EXISTS", 87: "ERROR_INVALID_PARAMETER", 112: "ERROR_DISK_FULL",
+    183: "ERROR_ALREADY_EXISTS", 206: "ERROR_FILENAME_EXCED_RANGE", 1300: "ERROR_NOT_ALL_ASSIGNED",
+    1313: "ERROR_NO_SUCH_PRIVILEGE", 1314: "ERROR_PRIVILEGE_NOT_HELD",
+}
+
+
+def win32_error_name(code: int) -> str:
+    return WIN32_ERRORS.get(code, f"Win32 error {code}")
+
 
 class SERVICE_STATUS(C.Structure):
     _fields_ = [("dwServiceType", DWORD), ("dwCurrentState", DWORD), ("dwControlsAccepted", DWORD),

@@ -143,15 +143,20 @@ class VmcomputeLayers:
             raise LayerError("NameToGuid", hr, layer_path)
         return str(guid_out(g))
 
+    def _descriptors(self, parents: Sequence[str]) -> tuple[Any, list[Any]]:
+        """WC_LAYER_DESCRIPTORs of `parents` (in the given order) and the path buffers they point into."""
+        paths = [wstr(p) for p in parents]
+        descriptors = (_abi.WC_LAYER_DESCRIPTOR * max(1, len(parents)))()
+        for d, path, buf in zip(descriptors, parents, paths):
+            d.LayerId = guid_in(self.layer_id(path))
+            d.Flags = 0
+            d.Path = C.cast(buf, C.c_void_p).value
+        return descriptors, paths
+
     def mount(self, scratch_dir: str, parents: Sequence[str]) -> str:
         self._call("ActivateLayer", scratch_dir)
         try:
-            paths = [wstr(p) for p in parents]
-            descriptors = (_abi.WC_LAYER_DESCRIPTOR * max(1, len(parents)))()
-            for d, path, buf in zip(descriptors, parents, paths):
-                d.LayerId = guid_in(self.layer_id(path))
-                d.Flags = 0
-                d.Path = C.cast(buf, C.c_void_p).value
+            descriptors, _paths = self._descriptors(parents)
             self._call("PrepareLayer", scratch_dir, descriptors, len(parents))
             try:
                 return self._mount_path(scratch_dir)
@@ -182,3 +187,25 @@ class VmcomputeLayers:
 
     def expand_scratch(self, scratch_dir: str, size_bytes: int) -> None:
         self._call("ExpandSandboxSize", scratch_dir, size_bytes)
+
+    # ---------------------------------------------------------------- import (runtime/windows/layer_import.py)
+
+    def import_layer(self, layer_dir: str, staging_dir: str, parents: Sequence[str]) -> None:
+        """vmcompute ImportLayer: the transport folder `staging_dir` into `layer_dir` over `parents` (immediate
+        parent first, base last)."""
+        descriptors, _paths = self._descriptors(parents)
+        staging = wstr(staging_dir)
+        self._call("ImportLayer", layer_dir, staging, descriptors, len(parents))
+
+    def process_base_image(self, layer_dir: str) -> None:
+        """vmcompute ProcessBaseImage: blank.vhdx / blank-base.vhdx and the hives of a written base layer."""
+        self._plain_call("ProcessBaseImage", layer_dir)
+
+    def process_utility_image(self, uvm_dir: str) -> None:
+        """vmcompute ProcessUtilityImage on `<layer>\\UtilityVM`: SystemTemplate.vhdx, the BCD."""
+        self._plain_call("ProcessUtilityImage", uvm_dir)
+
+    def _plain_call(self, name: str, path: str) -> None:
+        hr = _abi.unsigned(getattr(self._dll, name)(wstr(path)))
+        if hr:
+            raise LayerError(name, hr, path)

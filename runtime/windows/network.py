@@ -10,6 +10,13 @@ adapter per endpoint. HostProcess pods use the host network: no namespace.
 `NamespaceManager` is idempotent: creating a namespace that exists (same pod,
 after a restart) returns it, deleting one that is gone succeeds, and an
 endpoint still attached at delete time is detached first.
+
+Which namespaces are ours: HCN namespaces carry no owner or label, so the
+manager keeps a ledger (`attach_ledger(dir)`: one file per namespace GUID
+holding the pod id, written before HcnCreateNamespace, removed after the
+delete). At daemon restart `gc(known pods)` deletes every ledger namespace
+whose pod has no record any more, and never touches a namespace it did not
+create (containerd's, HNS defaults).
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ from __future__ import annotations
 import ctypes as C
 import json
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from runtime.base import RuntimeFailure
@@ -206,6 +215,12 @@ class NamespaceManager:
         self._lock = threading.Lock()
         # Namespaced UUIDs make our namespaces recognisable per daemon instance.
         self._space = uuid.uuid5(uuid.NAMESPACE_URL, f"cri-shim:{instance}")
+        self._ledger: Path | None = None
+
+    def attach_ledger(self, directory: Path) -> None:
+        """Record the namespaces this daemon creates under `directory` (persistent), so `gc` can find them."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self._ledger = directory
 
     def namespace_id(self, sandbox_id: str) -> str:
         return str(uuid.uuid5(self._space, sandbox_id))
@@ -214,8 +229,42 @@ class NamespaceManager:
         ns = self.namespace_id(sandbox_id)
         with self._lock:
             if self._hcn.namespace_properties(ns) is None:
+                self._record(ns, sandbox_id)      # before creating: a crash in between leaves it findable
                 self._hcn.create_namespace(ns, json.dumps(namespace_settings()))
         return ns
+
+    def _record(self, namespace: str, sandbox_id: str) -> None:
+        if self._ledger is None:
+            return
+        tmp = self._ledger / f".{namespace}.tmp"
+        tmp.write_text(sandbox_id)
+        os.replace(tmp, self._ledger / namespace)
+
+    def _forget(self, namespace: str) -> None:
+        if self._ledger is not None:
+            (self._ledger / namespace).unlink(missing_ok=True)
+
+    def gc(self, known_sandboxes: set[str]) -> list[str]:
+        """Delete our namespaces (those in the ledger) whose pod is not in `known_sandboxes`; their GUIDs."""
+        if self._ledger is None:
+            return []
+        removed = []
+        for entry in sorted(self._ledger.iterdir()):
+            if entry.name.startswith("."):
+                entry.unlink(missing_ok=True)          # a record cut short by a crash: its create never ran
+                continue
+            sandbox_id = entry.read_text().strip()
+            if sandbox_id in known_sandboxes:
+                continue
+            try:
+                self.delete(entry.name)
+            except HcnError as e:
+                log.warning("cannot delete the HCN namespace %s of the removed pod %s: %s", entry.name,
+                            sandbox_id, e.message)
+                continue
+            log.info("removed the HCN namespace %s of pod %s, which no longer exists", entry.name, sandbox_id)
+            removed.append(entry.name)
+        return removed
 
     def endpoints(self, namespace: str) -> list[Endpoint]:
         props = self._hcn.namespace_properties(namespace)
@@ -237,6 +286,7 @@ class NamespaceManager:
         with self._lock:
             props = self._hcn.namespace_properties(namespace)
             if props is None:
+                self._forget(namespace)
                 return
             for ep in namespace_endpoints(json.loads(props)):
                 try:
@@ -249,3 +299,4 @@ class NamespaceManager:
             except HcnError as e:
                 if not e.not_found:
                     raise
+            self._forget(namespace)

@@ -20,6 +20,8 @@ from runtime.base import Unsupported
 from runtime.windows import _abi, hcs
 from runtime.windows.backend import WindowsPlatform
 from runtime.windows.jobobject import Kernel32Jobs
+from runtime.windows.backup_files import Win32Files
+from runtime.windows.layer_import import WclayerImporter
 from runtime.windows.layer_mount import VmcomputeLayers
 from runtime.windows.network import ComputeNetworkApi, NamespaceManager
 from runtime.windows.stdio import FdIO, LogSinkFactory, Win32HandleIO
@@ -36,6 +38,7 @@ class Dlls:
     kernel32: Any
     ntdll: Any
     ole32: Any
+    advapi32: Any
 
 
 def _require_windows() -> None:
@@ -55,10 +58,12 @@ def load_dlls() -> Dlls:
     dlls = Dlls(computecore=win_dll("computecore.dll"), computestorage=win_dll("computestorage.dll"),
                 computenetwork=win_dll("computenetwork.dll"),
                 vmcompute=win_dll("vmcompute.dll"), kernel32=win_dll("kernel32.dll", use_last_error=True),
-                ntdll=win_dll("ntdll.dll"), ole32=win_dll("ole32.dll"))
+                ntdll=win_dll("ntdll.dll"), ole32=win_dll("ole32.dll"),
+                advapi32=win_dll("advapi32.dll", use_last_error=True))
     for dll, table in ((dlls.computecore, _abi.COMPUTECORE), (dlls.computestorage, _abi.COMPUTESTORAGE),
                        (dlls.computenetwork, _abi.COMPUTENETWORK),
                        (dlls.vmcompute, _abi.VMCOMPUTE_LAYERS), (dlls.kernel32, _abi.KERNEL32),
+                       (dlls.kernel32, _abi.KERNEL32_FILES), (dlls.advapi32, _abi.ADVAPI32_PRIVILEGES),
                        (dlls.ntdll, _abi.NTDLL), (dlls.ole32, _abi.OLE32)):
         hcs.bind(dll, table)
     return dlls
@@ -81,6 +86,14 @@ def windows_platform(log_sink: LogSinkFactory, instance: str = "cri-shim") -> Wi
         namespaces=NamespaceManager(ComputeNetworkApi(dlls.computenetwork, co_free), instance),
         resolve_path=os.path.realpath,
     )
+
+
+def layer_importer(max_bytes: int = 0) -> WclayerImporter:
+    """The image store's Windows layer importer on this node (BackupWrite + vmcompute ImportLayer)."""
+    dlls = load_dlls()
+    last_error: Callable[[], int] = getattr(C, "get_last_error")     # Windows-only in ctypes
+    return WclayerImporter(Win32Files(dlls.kernel32, dlls.advapi32, last_error), VmcomputeLayers(dlls.vmcompute),
+                           max_bytes)
 
 
 def host_build() -> int:

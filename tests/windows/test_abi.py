@@ -45,6 +45,9 @@ C_KIND = {
     "HCS_PROCESS_INFORMATION*": "process_information",
     "SERVICE_STATUS_HANDLE": "ptr", "LPHANDLER_FUNCTION_EX": "ptr",
     "CONSTSERVICE_TABLE_ENTRYW*": "service_table", "LPSERVICE_STATUS": "service_status",
+    "LPCVOID": "ptr", "LPBYTE": "ptr", "LPOVERLAPPED": "ptr", "LPVOID*": "out_ptr", "PHANDLE": "out_ptr",
+    "FILE_INFO_BY_HANDLE_CLASS": "int32", "PDWORD": "out_uint32", "PLUID": "luid",
+    "PTOKEN_PRIVILEGES": "token_privileges",
 }
 
 
@@ -74,6 +77,10 @@ def ctypes_kind(t: Any) -> set[str]:
         return {"service_status"}
     if t is _abi.HANDLER_EX:
         return {"ptr"}
+    if t is C.POINTER(_abi.LUID):
+        return {"luid"}
+    if t is C.POINTER(_abi.TOKEN_PRIVILEGES2):
+        return {"token_privileges"}
     raise AssertionError(f"unexpected ctypes type {t}")
 
 
@@ -110,6 +117,10 @@ TABLES = [
     ("kernel32", _abi.KERNEL32, ("winbase.h", "handleapi.h", "processthreadsapi.h", "synchapi.h", "wincon.h"),
      "libkernel32.a"),
     ("advapi32", _abi.ADVAPI32, ("winsvc.h",), "libadvapi32.a"),
+    ("kernel32_files", _abi.KERNEL32_FILES, ("fileapi.h", "winbase.h", "processthreadsapi.h", "handleapi.h"),
+     "libkernel32.a"),
+    ("advapi32_privileges", _abi.ADVAPI32_PRIVILEGES, ("winbase.h", "processthreadsapi.h", "securitybaseapi.h"),
+     "libadvapi32.a"),
 ]
 
 
@@ -179,6 +190,9 @@ VMCOMPUTE_FROM_HCSSHIM = {
     "GetLayerMountPath": ["driverInfo*", "string", "uintptr*", "uint16*"],
     "ExpandSandboxSize": ["driverInfo*", "string", "uint64"],
     "NameToGuid": ["string", "GUID*"],
+    "ImportLayer": ["driverInfo*", "string", "string", "descriptors", "count"],
+    "ProcessBaseImage": ["string"],
+    "ProcessUtilityImage": ["string"],
 }
 GO_KIND = {
     "driverInfo*": C.POINTER(_abi.DriverInfo), "string": C.c_void_p,
@@ -208,6 +222,11 @@ def test_vmcompute_layer_exports_match_hcsshims_declarations() -> None:
     (_abi.SERVICE_STATUS, 28, {"dwCurrentState": 4, "dwWaitHint": 24}),
     (_abi.SERVICE_TABLE_ENTRYW, 16, {"lpServiceName": 0, "lpServiceProc": 8}),
     (_abi.JOBOBJECT_BASIC_ACCOUNTING_INFORMATION, 48, {"TotalPageFaultCount": 32, "ActiveProcesses": 40}),
+    (_abi.FILE_BASIC_INFO, 40, {"CreationTime": 0, "LastAccessTime": 8, "LastWriteTime": 16, "ChangeTime": 24,
+                                "FileAttributes": 32}),
+    (_abi.LUID, 8, {"LowPart": 0, "HighPart": 4}),
+    (_abi.LUID_AND_ATTRIBUTES, 12, {"Luid": 0, "Attributes": 8}),
+    (_abi.TOKEN_PRIVILEGES2, 28, {"PrivilegeCount": 0, "Privileges": 4}),
 ])
 def test_struct_layouts_are_the_x64_windows_ones(struct: Any, size: int, offsets: dict[str, int]) -> None:
     # Sizes and offsets of the x64 (LLP64) layouts in the SDK headers; fixed-width fields make them the same here.
@@ -231,3 +250,20 @@ def test_the_dlls_export_what_we_bind_on_this_windows_build() -> None:
     from runtime.windows.platform import load_dlls
     dlls = load_dlls()
     assert dlls      # load_dlls binds every table; a missing export raises AttributeError
+
+
+@pytest.mark.parametrize("header, typedef, struct", [
+    ("winbase.h", "FILE_BASIC_INFO", _abi.FILE_BASIC_INFO),
+    ("winnt.h", "LUID", _abi.LUID),
+    ("winnt.h", "LUID_AND_ATTRIBUTES", _abi.LUID_AND_ATTRIBUTES),
+    ("winnt.h", "TOKEN_PRIVILEGES", _abi.TOKEN_PRIVILEGES2),
+])
+def test_layer_import_structs_declare_the_header_fields_in_order(header: str, typedef: str, struct: Any) -> None:
+    body = re.search(r"typedef struct _" + typedef + r" \{([^}]*)\}", (INCLUDE / header).read_text())
+    assert body is not None
+    fields = re.findall(r"(\w+)\s+(\w+)(?:\[\w+\])?;", body.group(1))
+    widths = {"LARGE_INTEGER": C.c_int64, "DWORD": C.c_uint32, "LONG": C.c_int32, "LUID": _abi.LUID,
+              "LUID_AND_ATTRIBUTES": _abi.LUID_AND_ATTRIBUTES}
+    declared = [(name, widths[ctype]) for ctype, name in fields]
+    ours = [(name, t._type_ if issubclass(t, C.Array) else t) for name, t in struct._fields_]   # arrays: element
+    assert ours == declared

@@ -410,3 +410,21 @@ def test_a_crash_in_the_middle_of_a_windows_run_pod_sandbox_is_rolled_back_at_re
     assert wd.cni_calls()[1:] == [["DEL", sandbox, namespace]]
     assert not any((wd.daemon.root / "sandboxes").iterdir())
     assert wd.report()["problems"] == []
+
+
+def test_at_restart_the_hcn_namespaces_of_pods_that_no_longer_exist_are_removed(wd: WinDaemon) -> None:
+    # The fake HCN lives in the daemon's memory, so across a restart only the daemon's ledger of the namespaces
+    # it made survives: recovery must keep a live pod's entry and remove the one of a pod with no record.
+    pod = wd.crictl("runp", "--runtime", HANDLER_PROCESS, wd.write("pod.json", pod_config("ledger")))
+    ledger = wd.daemon.state / "windows" / "hcn-namespaces"
+    [kept] = [p.name for p in ledger.iterdir()]
+    orphan = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"
+    (ledger / orphan).write_text("f" * 64)              # a namespace made for a pod whose record is gone
+    assert wd.daemon.stop() == 0
+    wd.daemon.start()
+    assert [p.name for p in ledger.iterdir()] == [kept]
+    assert f"removed the HCN namespace {orphan} of pod {'f' * 64}" in wd.daemon.log_tail(200)
+    wd.crictl("stopp", pod)
+    wd.crictl("rmp", pod)
+    assert list(ledger.iterdir()) == []                  # deleted with its pod
+    assert wd.report()["problems"] == []

@@ -2,7 +2,7 @@
 
 What this shows: on a Windows node the daemon serves gRPC on
 tcp://127.0.0.1:<windows.grpc_port> and makes no unix socket, lock files or
-other Linux-only setup; runtime handler "" (kubelet's pods without a
+other Linux-only setup (on Windows itself the root is locked with msvcrt: test_windows_lock.py); runtime handler "" (kubelet's pods without a
 RuntimeClass) is process isolation; a pipe relay that cannot start fails the
 start-up with an error naming the pipe. Not shown (windows_only, README): the
 real named pipe, SIGBREAK from the service host, and the real interpreter on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,43 @@ def test_delete_reports_real_failures() -> None:
     ns = m.ensure("pod1")
     with pytest.raises(N.HcnError, match="0x80070005: Access is denied"):
         m.delete(ns)
+
+
+def test_at_restart_our_namespaces_of_removed_pods_are_deleted_and_nothing_else(tmp_path: Path) -> None:
+    hcn = FakeHcn()
+    first = N.NamespaceManager(hcn, "t")
+    first.attach_ledger(tmp_path / "hcn-namespaces")
+    kept, gone, gone_attached = (first.ensure(p) for p in ("pod-kept", "pod-gone", "pod-gone-attached"))
+    hcn.add_endpoint(gone_attached, EP, "10.244.1.5", "00-15-5D-01-02-03")   # CNI DEL never ran
+    foreign = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"
+    hcn.create_namespace(foreign, '{"SchemaVersion":{"Major":2,"Minor":0}}')   # containerd's, or HNS's
+    first.delete(first.ensure("pod-stopped"))                     # deleted normally: forgotten
+
+    restarted = N.NamespaceManager(hcn, "t")                      # the next daemon, same state directory
+    restarted.attach_ledger(tmp_path / "hcn-namespaces")
+    assert sorted(restarted.gc({"pod-kept"})) == sorted([gone, gone_attached])
+    assert sorted(hcn.namespaces) == sorted([kept, foreign])
+    assert sorted(p.name for p in (tmp_path / "hcn-namespaces").iterdir()) == [kept]
+    assert restarted.gc({"pod-kept"}) == []                       # idempotent
+
+
+def test_gc_keeps_the_ledger_entry_of_a_namespace_it_could_not_delete(tmp_path: Path) -> None:
+    class Stuck(FakeHcn):
+        def delete_namespace(self, namespace_id: str) -> None:
+            raise N.HcnError("HcnDeleteNamespace", 0x80070005, '{"Error": "Access is denied."}')
+
+    m = N.NamespaceManager(Stuck(), "t")
+    m.attach_ledger(tmp_path)
+    ns = m.ensure("pod1")
+    assert m.gc(set()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [ns]           # tried again at the next restart
+
+
+def test_without_a_ledger_gc_touches_nothing() -> None:
+    hcn = FakeHcn()
+    m = N.NamespaceManager(hcn, "t")
+    ns = m.ensure("pod1")
+    assert m.gc(set()) == [] and list(hcn.namespaces) == [ns]
 
 
 def test_query_filter_is_json_inside_a_string() -> None:
