@@ -5,7 +5,9 @@ the staging ("transport") folder an importer consumes, with plain file I/O, so
 the image store can import Windows layers under the test-only fake node on
 Linux and the result can be inspected:
 
-    Files\\..., Hives\\..., UtilityVM\\Files\\...   directories as directories; each file holds
+    Files\\..., Hives\\..., UtilityVM\\Files\\...   directories as directories (their own backup
+                                                stream - security, EAs - is counted, not kept:
+                                                a plain folder has nowhere to put it); each file holds
                                                 the Win32 backup stream the parser produced
                                                 (security, EAs, reparse data or data, then ADS),
                                                 exactly the bytes BackupWrite would be given
@@ -56,19 +58,19 @@ class FolderWriter:
             raise LayerFormatError(path, "a file and a directory at the same path in one layer")
         if directory:
             local.mkdir(exist_ok=True)
+            self._current_path = path
             return
         local.unlink(missing_ok=True)   # a later entry for the same path replaces the earlier one, as in tar
         self._current = open(local, "xb")
         self._current_path = path
 
     def write(self, data: bytes) -> None:
-        if self._current is None:
-            raise LayerFormatError(self._current_path or "<tar>", "stream data for a directory")
         self.written += len(data)
         if self.max_bytes and self.written > self.max_bytes:
             raise LayerFormatError(self._current_path, f"the layer is larger than images.max_layer_bytes "
                                                        f"({self.max_bytes} bytes)")
-        self._current.write(data)
+        if self._current is not None:   # else a directory's security/EA stream (see the module docstring)
+            self._current.write(data)
 
     def add_link(self, path: str, target: str) -> None:
         self._close_current()

@@ -73,7 +73,8 @@ def windows_image(*layers: bytes, platform: ib.Platform = WINDOWS) -> ib.Image:
 
 BASE = layer_tar(
     entry("Files", kind=tarfile.DIRTYPE),
-    entry("Files/Windows", kind=tarfile.DIRTYPE),
+    # Real base layers give directories a security descriptor too: its stream is not a file's content.
+    entry("Files/Windows", kind=tarfile.DIRTYPE, pax={"MSWINDOWS.rawsd": base64.b64encode(RAWSD).decode()}),
     entry("Files/Windows/System32", kind=tarfile.DIRTYPE),
     entry("Files/Windows/System32/cmd.exe", b"MZ cmd", pax={"MSWINDOWS.fileattr": "32",
                                                              "MSWINDOWS.rawsd": base64.b64encode(RAWSD).decode()}),
