@@ -1561,11 +1561,13 @@ def fork_into(cgroup: cgroups.Cgroup | None, clone3: bool) -> tuple[int, tuple[s
     """fork(); with `clone3`, straight into the cgroup's v2 directory (no RCU grace period, see
     syscalls.fork_into_cgroup). Returns the pid and the cgroup files the child still writes itself (the v1
     hierarchies, and v2 without clone3: runtime.linux.init._enter_cgroup)."""
+    # Everything is computed before the fork: in the child, each page touched is a copy-on-write fault.
     if cgroup is None:
         return os.fork(), ()
     v2 = cgroup.v2_dir() if clone3 else None
+    procs = tuple(cgroup.join_files(started_in_v2=v2 is not None))
     if v2 is None:
-        return os.fork(), tuple(cgroup.join_files())
+        return os.fork(), procs
     try:
         fd = os.open(v2, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
@@ -1577,7 +1579,7 @@ def fork_into(cgroup: cgroups.Cgroup | None, clone3: bool) -> tuple[int, tuple[s
                         "linux.cgroupsPath") from None
     finally:
         os.close(fd)            # in the child too: it needs no copy
-    return pid, tuple(cgroup.join_files(started_in_v2=True))
+    return pid, procs
 
 
 def _exec_process(container: dict[str, Any], msg: dict[str, Any]) -> dict[str, Any]:
