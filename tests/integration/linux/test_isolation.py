@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -324,11 +325,18 @@ def test_fork_into_places_the_child_in_every_hierarchy_with_and_without_clone3(l
     hierarchy = cgroups.open_hierarchy()
     cg = hierarchy.cgroup(f"{lab.cgroup_base}/forked")
     cg.create()
+    other_thread_may_end = threading.Event()
     try:
         for clone3 in (True, False):
             lines = _cgroup_of_child(cg, clone3)
             assert lines and all(line.split(":", 2)[2] == cg.path for line in lines), (clone3, lines)
+        # With a second thread alive, clone3 takes the interpreter's full fork protocol (PyOS_*Fork*).
+        other = threading.Thread(target=other_thread_may_end.wait)
+        other.start()
+        lines = _cgroup_of_child(cg, True)
+        assert lines and all(line.split(":", 2)[2] == cg.path for line in lines), lines
     finally:
+        other_thread_may_end.set()
         cg.destroy()
         hierarchy.cgroup(lab.cgroup_base).destroy()
 
