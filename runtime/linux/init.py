@@ -382,6 +382,7 @@ def _set_oom_score_adj(value: int) -> None:
 def _setup_stdio(chan: socket.socket, stdio: Stdio) -> None:
     if stdio.tty:
         master, slave = _open_pty()
+        _mount_console(slave)
         proto.send(chan, {"pty": True}, [master])
         os.close(master)
         for target in (0, 1, 2):
@@ -407,6 +408,27 @@ def _give_tty_to(uid_mappings: tuple[tuple[int, int, int], ...], gid_mappings: t
     except (OSError, SpecError) as e:
         raise InitFailure(proto.FAILURE, f"cannot give the terminal to the container's user: {e}",
                           "process.terminal") from None
+
+
+def _mount_console(slave: int) -> None:
+    """With process.terminal, /dev/console is the container's terminal (OCI default devices; runc does the
+    same): a bind mount of the pty over a placeholder file. Never through a symlink a rootfs might put there."""
+    try:
+        try:
+            target = os.open("/dev/console", mounts.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            os.mknod("/dev/console", 0o600 | stat.S_IFREG)
+            target = os.open("/dev/console", mounts.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if stat.S_ISLNK(os.fstat(target).st_mode) or stat.S_ISDIR(os.fstat(target).st_mode):
+                raise InitFailure(proto.INVALID_SPEC, "/dev/console in the container is not a file or device",
+                                  "process.terminal")
+            sc.mount(mounts.fd_path(slave), mounts.fd_path(target), None, sc.MS_BIND)
+        finally:
+            os.close(target)
+    except OSError as e:
+        raise InitFailure(proto.FAILURE, f"cannot set up /dev/console: {e.strerror or e}", "process.terminal") \
+            from None
 
 
 def _open_pty() -> tuple[int, int]:

@@ -348,3 +348,16 @@ def test_fork_into_a_cgroup_that_is_gone_fails_naming_the_field_and_forks_nothin
         shim.fork_into(cg, True)
     assert e.value.field == "linux.cgroupsPath" and "never-made" in e.value.message
     assert Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text() == children_before
+
+
+def test_a_terminal_container_has_its_pty_as_dev_console_and_others_have_none(lab: Lab) -> None:
+    async def body(b: LinuxBackend) -> None:
+        pod = await lab.pod(b)
+        script = ('[ "$(stat -L -c %t:%T /dev/console)" = "$(stat -L -c %t:%T "$(tty)")" ] && echo console-is-tty; '
+                  'echo hello > /dev/console')
+        status, out = await run_to_exit(lab, b, pod, script, tty=True)
+        assert status.exit_code == 0, out
+        assert "console-is-tty" in out and "hello" in out, out
+        status, out = await run_to_exit(lab, b, pod, "[ -e /dev/console ] || echo no-console")
+        assert (status.exit_code, out) == (0, "no-console\n")
+    lab.run(body)
