@@ -106,7 +106,8 @@ class Prepared:
     idmap: mounts.IdMap | None = None          # the pod's user namespace, joined last (see _join_userns)
 
     def fds(self) -> list[int]:
-        """The namespace fds it holds: the child keeps them until it joins, the shim closes them after the fork."""
+        """The namespace fds it holds: the child keeps them until it joins, the shim closes its copies after
+        the fork."""
         return [*self.join_fds.values(), *([self.idmap.userns_fd] if self.idmap else [])]
 
 
@@ -160,9 +161,11 @@ def exec_process(ctx: ExecContext, cgroup_procs: tuple[str, ...]) -> NoReturn:
         _report_and_exit(ctx.chan, e)
 
 
-def plan_exec(process: Mapping[str, Any], seccomp: Mapping[str, Any] | None) -> tuple[ProcessPlan, PreparedSecurity]:
+def plan_exec(process: Mapping[str, Any],
+              seccomp: Mapping[str, Any] | None) -> tuple[ProcessPlan, PreparedSecurity]:
     """An exec'd process's plan, made in the shim before the fork (see prepare for why)."""
-    return process_plan(process, "process"), _with_seccomp(process_security.prepare_process(process, None), seccomp)
+    security = process_security.prepare_process(process, None)
+    return process_plan(process, "process"), _with_seccomp(security, seccomp)
 
 
 def prepare(ctx: InitContext) -> Prepared:
@@ -420,7 +423,8 @@ def _mount_console(slave: int) -> None:
             os.mknod("/dev/console", 0o600 | stat.S_IFREG)
             target = os.open("/dev/console", mounts.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            if stat.S_ISLNK(os.fstat(target).st_mode) or stat.S_ISDIR(os.fstat(target).st_mode):
+            mode = os.fstat(target).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
                 raise InitFailure(proto.INVALID_SPEC, "/dev/console in the container is not a file or device",
                                   "process.terminal")
             sc.mount(mounts.fd_path(slave), mounts.fd_path(target), None, sc.MS_BIND)

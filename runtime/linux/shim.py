@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from runtime.linux import cgroups
 from runtime.linux import init as cinit
@@ -54,6 +54,7 @@ from runtime.linux.logs import CriLogWriter
 from runtime.linux.spec import (ShimView, SpecError, check_sysctl, id_mappings, read_spec, shim_view,
                                 sysctl_path)
 
+T = TypeVar("T")
 log = logging.getLogger("cri-shim.shim")
 
 READ_CHUNK = 64 * 1024
@@ -1010,10 +1011,7 @@ class Shim:
             cgroup_mounts=self._cgroup_mounts(c.cgroup))
         prep_fds: list[int] = []
         try:
-            try:
-                prep = cinit.prepare(ctx)
-            except Exception as e:  # noqa: BLE001 - every setup failure is the request's answer
-                raise ShimError(*cinit.error_of(e)) from None
+            prep = _planned(lambda: cinit.prepare(ctx))
             prep_fds = prep.fds()
             pid = self._fork_in_pid_ns(c.view.pid_namespace, None, c.cgroup,
                                        lambda procs: cinit.container_init(ctx, prep, procs))
@@ -1431,10 +1429,7 @@ class Shim:
 
     def _native_exec(self, conn: Conn, c: Container, process: dict[str, Any], msg: dict[str, Any]) -> None:
         """Fork the exec'd process into the container's namespaces and cgroup (runtime.linux.init)."""
-        try:
-            planned, security = cinit.plan_exec(process, c.seccomp)
-        except Exception as failure:  # noqa: BLE001 - every setup failure is the request's answer
-            raise ShimError(*cinit.error_of(failure)) from None
+        planned, security = _planned(lambda: cinit.plan_exec(process, c.seccomp))
         join_fds: dict[str, int] = {}
         pid_fd = -1
         try:
@@ -1557,6 +1552,14 @@ class Shim:
 # ---------------------------------------------------------------- helpers
 
 
+def _planned(plan: Callable[[], T]) -> T:
+    """A planning step of runtime.linux.init, run in the shim: its failure is the request's answer."""
+    try:
+        return plan()
+    except Exception as e:  # noqa: BLE001 - spec errors of every kind, mapped as the child would report them
+        raise ShimError(*cinit.error_of(e)) from None
+
+
 def fork_into(cgroup: cgroups.Cgroup | None, clone3: bool) -> tuple[int, tuple[str, ...]]:
     """fork(); with `clone3`, straight into the cgroup's v2 directory (no RCU grace period, see
     syscalls.fork_into_cgroup). Returns the pid and the cgroup files the child still writes itself (the v1
@@ -1583,7 +1586,8 @@ def fork_into(cgroup: cgroups.Cgroup | None, clone3: bool) -> tuple[int, tuple[s
 
 
 def _exec_process(container: dict[str, Any], msg: dict[str, Any]) -> dict[str, Any]:
-    """The container's OCI process with the exec's command, and its env and cwd when given (checked by the child)."""
+    """The container's OCI process with the exec's command, and its env and cwd when given (checked by
+    init.plan_exec)."""
     args = msg.get("args")
     if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args) or not args[0]:
         raise ShimError(proto.INVALID_SPEC, "no command to execute", "cmd")
