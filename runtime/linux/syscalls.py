@@ -212,20 +212,14 @@ def fork_into_cgroup(cgroup_dir_fd: int) -> int:
     calls pthread_kill/raise on itself before execve), as in any raw clone.
     """
     args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_dir_fd)
-    if threading.active_count() == 1:
-        pid = _clone3(args)
-        if pid < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"clone3 into cgroup: {os.strerror(err)}")
-        return pid
     api = ctypes.pythonapi
-    api.PyOS_BeforeFork()
+    with_protocol = threading.active_count() > 1
+    if with_protocol:
+        api.PyOS_BeforeFork()
     pid = _clone3(args)
-    if pid == 0:
-        api.PyOS_AfterFork_Child()
-        return 0
     err = ctypes.get_errno()
-    api.PyOS_AfterFork_Parent()
+    if with_protocol:
+        (api.PyOS_AfterFork_Child if pid == 0 else api.PyOS_AfterFork_Parent)()
     if pid < 0:
         raise OSError(err, f"clone3 into cgroup: {os.strerror(err)}")
     return pid
