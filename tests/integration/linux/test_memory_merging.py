@@ -6,6 +6,7 @@ node running it (/sys/kernel/mm/ksm/run); that saving is measured in bench/runti
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,23 @@ def test_start_ksm_starts_a_stopped_ksm_and_says_why_it_cannot(tmp_path: Path) -
     assert host.start_ksm(run) == ""                      # already running: left alone
     problem = host.start_ksm(tmp_path / "missing" / "run")
     assert "cannot start KSM" in problem and "missing" in problem
+
+
+def test_a_zygote_left_with_another_ksm_setting_is_replaced(lab: Lab) -> None:
+    """A daemon restarted with another runtime.ksm must not keep forking shims from the old zygote."""
+    async def body() -> None:
+        first = lab.backend(ksm="off")
+        await first.start()           # then "crashes": never closed, its zygote stays
+        pid_file = lab.state / "zygote.sock.pid"
+        old = int(pid_file.read_text())
+        second = lab.backend(ksm="mark")
+        try:
+            await second.start()
+            new = int(pid_file.read_text())
+            assert new != old
+            assert first._zygote._proc is not None
+            assert first._zygote._proc.wait(timeout=5) == -9       # the old one was ended, and is reaped here
+            assert mergeable_bytes(Path(f"/proc/{new}/smaps").read_text()) > 4 << 20
+        finally:
+            await second.close()
+    asyncio.run(body())
