@@ -95,7 +95,11 @@ class Puller:
                  collect_garbage: Callable[[], None]) -> None:
         self.content, self.snapshots, self.metadata, self.leases = content, snapshots, metadata, leases
         self.settings = settings
-        self._unpack = unpacker
+        # One call shape for both kinds; `_layered`: each layer waits for its parents' snapshots (see _transfer).
+        self._layered = isinstance(unpacker, LayeredUnpacker)
+        self._unpack: Callable[[BinaryIO, Path, tuple[Path, ...]], object] = (
+            unpacker.unpack if isinstance(unpacker, LayeredUnpacker)
+            else lambda stream, target, _parents: unpacker(stream, target))
         self._collect_garbage = collect_garbage
         self._lock = threading.RLock()  # RLock: a future that is already done runs its callback inline
         self._jobs: dict[tuple[str, ...], _Shared] = {}
@@ -262,7 +266,7 @@ class Puller:
                 key = (layer.desc.digest, layer.chain_id if layer.unpack else "")
                 what = f"image {ref}: layer {layer.desc.digest}"
                 # Layered unpacking: the transfer below this one must have made its snapshot first.
-                below = joined[-1].future if joined and isinstance(self._unpack, LayeredUnpacker) else None
+                below = joined[-1].future if joined and self._layered else None
                 start = functools.partial(self._start_transfer, client, layer, what, below)
                 joined.append(self._join(self._transfers, key, f"download of layer {layer.desc.digest}", start))
             pending = {s.future for s in joined}
@@ -303,7 +307,7 @@ class Puller:
         if not (need_snapshot or need_blob):
             return None
         parents: tuple[Path, ...] = ()
-        if need_snapshot and isinstance(self._unpack, LayeredUnpacker):
+        if need_snapshot and self._layered:
             parents = self._wait_for_parents(layer, below, token, what)
         source: ClosableSource
         if need_blob:
@@ -356,10 +360,7 @@ class Puller:
     def _extract(self, diff: Decompressor, temp: Path, parents: tuple[Path, ...], compressed: CompressedReader,
                  layer: _Layer, what: str) -> None:
         try:
-            if isinstance(self._unpack, LayeredUnpacker):
-                self._unpack.unpack(diff, temp, parents)  # type: ignore[arg-type]  # a sequential reader suffices
-            else:
-                self._unpack(diff, temp)  # type: ignore[arg-type]  # a sequential reader is all unpack_layer uses
+            self._unpack(diff, temp, parents)  # type: ignore[arg-type]  # a sequential reader is all unpackers use
             diff.drain()  # the tar's end-of-archive padding, and anything after it, is part of the diff_id
         except (RuntimeFailure, CriError) as e:
             # The unpacker wraps errors of the stream it reads (ours) as their cause.
