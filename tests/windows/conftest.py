@@ -29,6 +29,7 @@ from runtime.windows.stdio import FdIO
 from runtime.windows.testing.fake_dll import FakeDll
 from runtime.windows.testing.fake_hcs import FakeHcs
 from runtime.windows.testing.fakes import FakeHcn, FakeJobs, FakeLayers
+from tests.harness.registry import LocalRegistry, start_registry
 from runtime.windows.testing.schemas import ClosedWorld, OciWindowsSchema
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -42,6 +43,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "windows_only" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[LocalRegistry]:
+    """A local OCI registry on loopback for the Windows image tests (one per test module)."""
+    reg = start_registry()
+    yield reg
+    reg.stop()
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ import asyncio
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -28,6 +27,7 @@ from cri_shim.app import Daemon
 from cri_shim.errors import StartupError
 from tests.harness.daemon import make_workdir, toml
 from tests.harness.registry import free_port
+from tests.windows.windows_mode_child import wait_serving
 
 
 def _config(workdir: Path, port: int, pipe: str = "") -> C.Config:
@@ -43,18 +43,6 @@ def _config(workdir: Path, port: int, pipe: str = "") -> C.Config:
     return C.load(path)
 
 
-async def _wait_serving(stub: Any, task: asyncio.Task[None]) -> None:
-    for _ in range(200):
-        if task.done():
-            task.result()
-        try:
-            await stub.Version(pb.VersionRequest(), timeout=1)
-            return
-        except grpc.RpcError:
-            await asyncio.sleep(0.05)
-    raise AssertionError("the Windows-mode daemon did not serve on TCP")
-
-
 def test_windows_mode_serves_loopback_tcp_only_and_maps_the_default_handler_to_process_isolation() -> None:
     workdir = make_workdir("win")
     port = free_port()
@@ -65,7 +53,7 @@ def test_windows_mode_serves_loopback_tcp_only_and_maps_the_default_handler_to_p
         task = asyncio.ensure_future(daemon.run())
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.RuntimeServiceStub(channel)   # type: ignore[no-untyped-call]
-            await _wait_serving(stub, task)
+            await wait_serving(stub, task)
             assert daemon.bound_port == port
             config = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="hpc", namespace="w", uid="u"))
             config.windows.security_context.host_process = True

@@ -33,30 +33,15 @@ from runtime.base import WindowsSandboxSpec
 from runtime.windows import layer_tar as L
 from tests.harness import imagebuild as ib
 from tests.harness.daemon import make_workdir, toml
-from tests.harness.registry import LocalRegistry, start_registry
+from tests.harness.registry import LocalRegistry
+from tests.windows.test_layer_tar import entry, make_tar
 
-MTIME = 1_700_000_000
 RAWSD = b"\x01\x00\x04\x80" + bytes(16)   # a (minimal) self-relative security descriptor header
 WINDOWS = ib.Platform(os="windows", architecture="amd64")
 
 
-def entry(name: str, data: bytes = b"", *, kind: bytes = tarfile.REGTYPE,
-          pax: dict[str, str] | None = None, link: str = "") -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    info.mtime = MTIME
-    info.linkname = link
-    info.pax_headers = dict(pax or {})
-    return info, data
-
-
 def layer_tar(*entries: tuple[tarfile.TarInfo, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in entries:
-            tar.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
-    return buf.getvalue()
+    return make_tar(*entries).getvalue()
 
 
 def windows_image(*layers: bytes, platform: ib.Platform = WINDOWS) -> ib.Image:
@@ -90,13 +75,6 @@ APP = layer_tar(
     entry("Files/Windows/.wh.old.log"),
     entry("Hives/Software_Delta", b"regf delta"),
 )
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[LocalRegistry]:
-    reg = start_registry()
-    yield reg
-    reg.stop()
 
 
 @pytest.fixture

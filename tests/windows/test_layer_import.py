@@ -14,7 +14,6 @@ accepts these calls and bytes.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import shutil
@@ -39,8 +38,8 @@ from runtime.windows.layer_import import STAGING_SUFFIX
 from runtime.windows.testing.fake_files import FakeImportNode, fake_importer
 from tests.harness import imagebuild as ib
 from tests.harness.daemon import make_workdir
-from tests.harness.registry import LocalRegistry, start_registry
-from tests.windows.test_image_layers import APP, BASE, RAWSD, entry, layer_tar, windows_image
+from tests.harness.registry import LocalRegistry
+from tests.windows.test_image_layers import APP, BASE, RAWSD, entry, layer_tar, pull, windows_image
 
 RAWSD_B64 = base64.b64encode(RAWSD).decode()
 UVM_BASE = layer_tar(
@@ -252,13 +251,6 @@ def test_a_hard_link_never_follows_a_junction_in_a_parent_layer_out_of_it(node: 
 # ---------------------------------------------------------------- through the image store
 
 
-@pytest.fixture(scope="module")
-def registry() -> Iterator[LocalRegistry]:
-    reg = start_registry()
-    yield reg
-    reg.stop()
-
-
 @pytest.fixture
 def imported(registry: LocalRegistry) -> Iterator[tuple[ImageStore, FakeImportNode]]:
     """An image store whose Windows unpacker is the real importer bound to the fake DLLs (as on a Windows node)."""
@@ -278,13 +270,6 @@ def imported(registry: LocalRegistry) -> Iterator[tuple[ImageStore, FakeImportNo
     db.close()
     assert node.win32.leaks() == []
     shutil.rmtree(work, ignore_errors=True)
-
-
-def pull(registry: LocalRegistry, store: ImageStore, image: ib.Image, repo: str) -> str:
-    ib.push(image, registry.host, repo, "ltsc2022")
-    ref = f"{registry.host}/{repo}:ltsc2022"
-    asyncio.run(store.pull(ref, None, 30))
-    return ref
 
 
 def test_a_pull_imports_the_layers_bottom_up_with_their_parents_snapshot_folders(

@@ -15,24 +15,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from cri_shim.api import api_pb2 as pb
 from tests.harness import imagebuild as ib
 from tests.harness import not_windows
 from tests.harness.daemon import make_workdir, toml
-from tests.harness.registry import LocalRegistry, free_port, start_registry
+from tests.harness.registry import LocalRegistry, free_port
 from tests.windows.test_image_layers import APP, BASE, windows_image
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[LocalRegistry]:
-    reg = start_registry()
-    yield reg
-    reg.stop()
 
 
 def test_the_windows_mode_daemon_runs_a_pod_and_pulls_a_windows_image_without_linux_modules(

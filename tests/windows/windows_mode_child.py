@@ -22,7 +22,7 @@ from cri_shim.app import Daemon
 from tests.harness.not_windows import blocked_attempts
 
 
-async def _wait_serving(stub: Any, task: asyncio.Task[None]) -> None:
+async def wait_serving(stub: Any, task: asyncio.Task[None]) -> None:
     for _ in range(200):
         if task.done():
             task.result()
@@ -42,7 +42,7 @@ async def drive(config: Path, port: int, image: str) -> dict[str, Any]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             rt = pb_grpc.RuntimeServiceStub(channel)   # type: ignore[no-untyped-call]
             img = pb_grpc.ImageServiceStub(channel)   # type: ignore[no-untyped-call]
-            await _wait_serving(rt, task)
+            await wait_serving(rt, task)
             status = await rt.Status(pb.StatusRequest(verbose=True), timeout=10)
             out["handlers"] = sorted(h.name for h in status.runtime_handlers)
             out["runtime_ready"] = [c.status for c in status.status.conditions if c.type == "RuntimeReady"]

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 from cri_shim.api import api_pb2 as pb
 from tests.conftest import stop_and_clean
 from tests.harness.daemon import TMP_BASE, Daemon, make_workdir
-from tests.integration.lifecycle.test_streaming_daemon import _read_pty
+from tests.integration.lifecycle.test_streaming_daemon import crictl_on_a_terminal
 from tests.harness.lifecycle_env import (Cri, Mirror, container_config, lifecycle_daemon, pod_config, rpc_error,
                                          wait_for)
 
@@ -131,19 +130,8 @@ def test_a_terminal_container_and_a_terminal_exec(cri: Cri, daemon: Daemon, tmp_
     assert wait_for(lambda: "stdin-is-a-tty" in (tmp_path / "tty.log").read_text())
     assert "/dev/pts/0" in (tmp_path / "tty.log").read_text()
     # crictl exec -it on a terminal of its own, as a user types it
-    master, slave = os.openpty()
-    argv = [daemon.crictl("version").args[0], "--config", str(daemon.workdir / "crictl.yaml"),
-            "exec", "-it", cid, "sh", "-c", "tty; [ -t 1 ] && echo exec-on-a-tty-$((6*7))"]
-    proc = subprocess.Popen(["setsid", "-c", *argv], stdin=slave, stdout=slave, stderr=slave)
-    os.close(slave)
-    try:
-        out = _read_pty(master, time.monotonic() + 20, b"exec-on-a-tty-42")
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+    out = crictl_on_a_terminal(daemon, ["exec", "-it", cid, "sh", "-c", "tty; [ -t 1 ] && echo exec-on-a-tty-$((6*7))"],
+                               b"exec-on-a-tty-42")
     assert b"/dev/pts/" in out and b"exec-on-a-tty-42" in out, out
 
 

@@ -42,6 +42,23 @@ def test_exec_prints_exactly_the_output_and_reports_the_exit_code(daemon: Daemon
     assert r.stdout == b"in\n" and b"exit code 42" in r.stderr
 
 
+def crictl_on_a_terminal(daemon: Daemon, args: list[str], until: bytes) -> bytes:
+    """`crictl <args>` on a terminal of its own, as a user types it: what it printed, up to `until`."""
+    master, slave = os.openpty()
+    argv = [daemon.crictl("version").args[0], "--config", str(daemon.workdir / "crictl.yaml"), *args]
+    proc = subprocess.Popen(["setsid", "-c", *argv], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        out = _read_pty(master, time.monotonic() + 20, until)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return out
+
+
 def _read_pty(master: int, deadline: float, until: bytes) -> bytes:
     out = b""
     while time.monotonic() < deadline and until not in out:
@@ -62,19 +79,8 @@ def _read_pty(master: int, deadline: float, until: bytes) -> bytes:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_exec_it_runs_on_a_terminal_inside_the_container(daemon: Daemon, sleeper: str, transport: str) -> None:
-    master, slave = os.openpty()
-    argv = [daemon.crictl("version").args[0], "--config", str(daemon.workdir / "crictl.yaml"),
-            "exec", "-it", "--transport", transport, sleeper, "sh", "-c", "tty; echo done-$((6*7))"]
-    proc = subprocess.Popen(["setsid", "-c", *argv], stdin=slave, stdout=slave, stderr=slave)
-    os.close(slave)
-    try:
-        out = _read_pty(master, time.monotonic() + 20, b"done-42")
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+    out = crictl_on_a_terminal(daemon, ["exec", "-it", "--transport", transport, sleeper, "sh", "-c",
+                                        "tty; echo done-$((6*7))"], b"done-42")
     assert b"/dev/pts/" in out and b"done-42" in out, out
 
 
