@@ -514,12 +514,22 @@ class RuncEngine:
 # ---------------------------------------------------------------- the shim
 
 
+@dataclass(frozen=True)
+class HostFacts:
+    """What every shim on the host needs, found out once by the zygote before it forks (see warm_up): a shim
+    that worked them out itself would unshare ~0.4 MiB more of the zygote's pages."""
+
+    hierarchy: cgroups.Hierarchy
+    cgroup_mounts: tuple[mounts.HostCgroupMount, ...]    # for the containers' /sys/fs/cgroup
+    fork_into_cgroup: bool                                # clone3(CLONE_INTO_CGROUP) works here
+
+
 class Shim:
-    def __init__(self, config: PodConfig) -> None:
+    def __init__(self, config: PodConfig, host: HostFacts) -> None:
         self.config = config
         self.paths = pod_paths(config.pod_dir)
         self.sel = selectors.DefaultSelector()
-        self.hierarchy = cgroups.open_hierarchy()
+        self.hierarchy = host.hierarchy
         self.containers: dict[str, Container] = {}
         self.execs: dict[str, Exec] = {}
         self.finished_execs: deque[str] = deque()
@@ -532,8 +542,8 @@ class Shim:
         self.running = True
         self.listener: socket.socket | None = None
         self.wakeup_r = -1
-        self.host_cgroup_mounts: tuple[mounts.HostCgroupMount, ...] | None = None
-        self.fork_into_cgroup = sc.can_fork_into_cgroup()
+        self.host_cgroup_mounts = host.cgroup_mounts
+        self.fork_into_cgroup = host.fork_into_cgroup
         self.engines: dict[str, Engine] = {shim_runc.ENGINE_NATIVE: NativeEngine(self)}   # runc ones by binary
 
     # ------------------------------------------------------------ startup
@@ -1040,8 +1050,6 @@ class Shim:
             c.stdin_writer = PipeWriter(self, c.stdin_w)
 
     def _cgroup_mounts(self, cg: cgroups.Cgroup) -> tuple[mounts.HostCgroupMount, ...]:
-        if self.host_cgroup_mounts is None:
-            self.host_cgroup_mounts = mounts.host_cgroup_mounts({})
         dirs = cg.dirs()
         return tuple(dataclasses.replace(h, container_dir=dirs.get(h.name, "")) for h in self.host_cgroup_mounts)
 
@@ -1562,21 +1570,21 @@ def _planned(plan: Callable[[], T]) -> T:
 
 def fork_into(cgroup: cgroups.Cgroup | None, clone3: bool) -> tuple[int, tuple[str, ...]]:
     """fork(); with `clone3`, straight into the cgroup's v2 directory (no RCU grace period, see
-    syscalls.fork_into_cgroup). Returns the pid and the cgroup files the child still writes itself (the v1
+    syscalls.fork). Returns the pid and the cgroup files the child still writes itself (the v1
     hierarchies, and v2 without clone3: runtime.linux.init._enter_cgroup)."""
     # Everything is computed before the fork: in the child, each page touched is a copy-on-write fault.
     if cgroup is None:
-        return os.fork(), ()
+        return sc.fork(), ()
     v2 = cgroup.v2_dir() if clone3 else None
     procs = tuple(cgroup.join_files(started_in_v2=v2 is not None))
     if v2 is None:
-        return os.fork(), procs
+        return sc.fork(), procs
     try:
         fd = os.open(v2, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise ShimError(proto.FAILURE, f"cannot open cgroup {v2}: {e.strerror}", "linux.cgroupsPath") from None
     try:
-        pid = sc.fork_into_cgroup(fd)
+        pid = sc.fork(fd)
     except OSError as e:
         raise ShimError(proto.FAILURE, f"cannot start a process in cgroup {v2}: {e.strerror}",
                         "linux.cgroupsPath") from None
@@ -1736,9 +1744,10 @@ def _pod_init_main() -> NoReturn:
         os._exit(0)
 
 
-def warm_up() -> None:
+def warm_up() -> HostFacts:
     """Run, in the zygote before it forks, the code paths every shim runs, so the objects they create
-    once (ctypes function pointers, caches, specialised bytecode) exist already and stay shared."""
+    once (ctypes function pointers, caches, specialised bytecode) exist already and stay shared; and find
+    out the host's facts every shim needs."""
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 0)
     selectors.DefaultSelector().close()
     hierarchy = cgroups.open_hierarchy()
@@ -1765,9 +1774,10 @@ def warm_up() -> None:
                         "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]}}
     shim_view(sample, "/")
     cinit.warm_up(sample)
+    return HostFacts(hierarchy, mounts.host_cgroup_mounts({}), sc.can_fork_into_cgroup())
 
 
-def run_pod(config: dict[str, Any], reply: socket.socket) -> NoReturn:
+def run_pod(config: dict[str, Any], reply: socket.socket, host: HostFacts) -> NoReturn:
     """Entry of a freshly forked shim (from the zygote): set up, answer on `reply`, serve forever."""
     status = 1
     try:
@@ -1775,7 +1785,7 @@ def run_pod(config: dict[str, Any], reply: socket.socket) -> NoReturn:
         os.makedirs(cfg.pod_dir, mode=0o700, exist_ok=True)
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         sc.set_process_name("cri-shim-pod")
-        shim = Shim(cfg)
+        shim = Shim(cfg, host)
         try:
             info = shim.setup()
         except ShimError as e:

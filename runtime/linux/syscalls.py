@@ -94,7 +94,6 @@ RESOLVE_IN_ROOT = 0x10
 CLOSE_RANGE_CLOEXEC = 1 << 2
 
 PR_SET_PDEATHSIG = 1
-PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -196,22 +195,26 @@ def can_fork_into_cgroup() -> bool:
     return ctypes.get_errno() == errno.EBADF
 
 
-def fork_into_cgroup(cgroup_dir_fd: int) -> int:
-    """os.fork() for a child that sets itself up and execs, except that it starts life in the cgroup v2
-    directory `cgroup_dir_fd`.
+def fork(cgroup_dir_fd: int = -1) -> int:
+    """os.fork(), for a single-threaded caller without the interpreter's fork protocol, and with
+    `cgroup_dir_fd` straight into that cgroup v2 directory.
 
-    Why: moving a process after fork (writing its pid to cgroup.procs) takes the kernel's global
+    The protocol (PyOS_BeforeFork / PyOS_AfterFork_*) repairs locks that other threads held at the fork and
+    runs the at-fork hooks of threading, random and logging. In a forked interpreter every page written is
+    a copy-on-write fault and stays unshared: the protocol costs a container's init ~230 faults (~0.7 ms)
+    and each pod shim ~0.3 MiB, and protects nothing while no other thread exists. With more threads it runs
+    as in os.fork. glibc's own atfork handlers and its cached thread id are not refreshed either, as in any
+    raw clone: nothing here takes a lock another thread could hold, and `random`'s state is the parent's
+    (secrets and tempfile do not use it).
+
+    Why the cgroup: moving a process after fork (writing its pid to cgroup.procs) takes the kernel's global
     cgroup_threadgroup_rwsem for writing, which waits for an RCU grace period: 5-15 ms on every container
     start on a small VM. clone3(CLONE_INTO_CGROUP) places the child while it is made and waits for nothing.
-
-    While this process has a single thread (the pod shim always), the interpreter's fork protocol
-    (PyOS_BeforeFork / PyOS_AfterFork_*) is left out: it repairs locks that other threads held at the fork
-    and runs the at-fork hooks of threading, random and logging, which cost the child ~230 copy-on-write
-    faults (~0.7 ms) and protect nothing when no other thread exists. With more threads it runs as in
-    os.fork. glibc's own atfork handlers and its cached thread id are not refreshed either (the child never
-    calls pthread_kill/raise on itself before execve), as in any raw clone.
     """
-    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_dir_fd)
+    if cgroup_dir_fd >= 0:
+        args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_dir_fd)
+    else:
+        args = _CloneArgs(exit_signal=signal.SIGCHLD)
     api = ctypes.pythonapi
     with_protocol = threading.active_count() > 1
     if with_protocol:
@@ -221,7 +224,7 @@ def fork_into_cgroup(cgroup_dir_fd: int) -> int:
     if with_protocol:
         (api.PyOS_AfterFork_Child if pid == 0 else api.PyOS_AfterFork_Parent)()
     if pid < 0:
-        raise OSError(err, f"clone3 into cgroup: {os.strerror(err)}")
+        raise OSError(err, f"clone3: {os.strerror(err)}")
     return pid
 
 
@@ -308,8 +311,13 @@ def prctl(option: int, arg: int = 0) -> None:
 
 
 def set_process_name(name: str) -> None:
-    buf = ctypes.create_string_buffer(name.encode()[:15])
-    _libc.prctl(PR_SET_NAME, buf, 0, 0, 0)
+    """The name ps and top show (15 bytes at most). Written to /proc/self/comm: a ctypes prctl costs a
+    freshly forked shim ~130 KiB more of unshared pages."""
+    fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, name.encode()[:15])
+    finally:
+        os.close(fd)
 
 
 def _b(s: str | None) -> bytes | None:

@@ -43,7 +43,7 @@ def serve(sock_path: str, ksm: bool) -> NoReturn:
     with open(sock_path + ".pid", "w") as f:
         f.write(str(os.getpid()))
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    shim.warm_up()
+    host = shim.warm_up()
     gc.collect()
     gc.freeze()  # every object so far is shared with the shims: keep the collector's hands off them
     if ksm:
@@ -53,14 +53,14 @@ def serve(sock_path: str, ksm: bool) -> NoReturn:
     while True:
         conn, _ = listener.accept()
         try:
-            handle(listener, conn, ksm)
+            handle(listener, conn, ksm, host)
         except Exception:  # noqa: BLE001 - one bad request must not take the zygote down
             log.exception("request failed")
         finally:
             conn.close()
 
 
-def handle(listener: socket.socket, conn: socket.socket, ksm: bool) -> None:
+def handle(listener: socket.socket, conn: socket.socket, ksm: bool, host: shim.HostFacts) -> None:
     msg, fds = proto.recv(conn)
     for fd in fds:
         os.close(fd)
@@ -73,7 +73,7 @@ def handle(listener: socket.socket, conn: socket.socket, ksm: bool) -> None:
     if op == "ping":
         proto.send(conn, proto.ok(pid=os.getpid(), version=proto.VERSION, ksm=ksm))
     elif op == "spawn":
-        spawn(listener, conn, msg.get("config") or {})
+        spawn(listener, conn, msg.get("config") or {}, host)
     elif op == "stop":
         proto.send(conn, proto.ok())
         os._exit(0)
@@ -81,15 +81,15 @@ def handle(listener: socket.socket, conn: socket.socket, ksm: bool) -> None:
         proto.send(conn, proto.error(proto.FAILURE, f"unknown zygote operation {op!r}"))
 
 
-def spawn(listener: socket.socket, conn: socket.socket, config: dict[str, Any]) -> None:
-    pid = os.fork()
+def spawn(listener: socket.socket, conn: socket.socket, config: dict[str, Any], host: shim.HostFacts) -> None:
+    pid = sc.fork()   # the zygote has one thread: no fork protocol (see syscalls.fork)
     if pid == 0:
         try:
             listener.close()
             os.setsid()
-            if os.fork() != 0:
+            if sc.fork() != 0:
                 os._exit(0)
-            shim.run_pod(config, conn)
+            shim.run_pod(config, conn, host)
         finally:
             os._exit(1)
     os.waitpid(pid, 0)  # the intermediate child exits at once
