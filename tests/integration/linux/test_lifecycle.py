@@ -291,6 +291,9 @@ def test_orphans_are_reaped(lab: Lab, pid_mode: base.NamespaceMode) -> None:
             reapers.append(int(pod.status.namespaces["pid"].split("/")[2]))   # the pod's PID 1
         for reaper in reapers:
             assert _zombie_children(reaper) == [], f"zombies under {reaper}"
+        # ps shows who they are (set through /proc/self/comm, see syscalls.set_process_name)
+        names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in reapers]
+        assert names == ["cri-shim-pod", "cri-shim-init"][:len(reapers)], names
         # the orphans really went through a reaper of ours and are gone (sh exec'd its last command)
         assert await wait_for(lambda: len(processes_in(pod.cgroup_parent, c.id)) == 1)
         await b.stop_container(c.id, 0)
