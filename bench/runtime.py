@@ -6,7 +6,8 @@ Prints, for the same machine and the same run:
 - `runc create` + `runc start` of the very same bundle (Debian's runc; the overlay rootfs mounted on the host
   beforehand and not timed), p50/p99, and the ratio of our p50 to runc's;
 - per-pod PSS (proportional set size, /proc/PID/smaps_rollup) of the runtime's processes (pod shims, the
-  zygote's share, pod init processes) with N pods each running one container; then again with the kernel's
+  zygote's share, pod init processes) with N pods each running one container, after each pod answered the
+  status and stats calls kubelet makes all the time; then again with the kernel's
   samepage merging running (KSM; the bench starts it and puts it back as it was), which merges the pages
   the shims marked mergeable (runtime.ksm = "mark", the default).
 
@@ -139,9 +140,14 @@ class Bench:
 
     async def start_pods(self, b: LinuxBackend) -> list[PodInfo]:
         pods = [await self.lab.pod(b, network=base.NamespaceMode.NODE) for _ in range(self.pods)]
-        for pod in pods:
-            await self.lab.container(b, pod, ("sleep", "1000"))
+        containers = [await self.lab.container(b, pod, ("sleep", "1000")) for pod in pods]
         await asyncio.sleep(1.0)
+        # What kubelet asks of every pod all the time: the shims run these paths in steady state.
+        for pod, c in zip(pods, containers):
+            await b.sandbox_status(pod.id)
+            await b.container_status(c.id)
+            await b.container_stats(c.id)
+            await b.sandbox_stats(pod.id)
         return pods
 
     def pss(self, pods: list[PodInfo]) -> dict[str, float]:
