@@ -49,14 +49,14 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def sample(net: PodNetworkManager, work: Path, i: int) -> tuple[float, float]:
-    sid, ns = f"{i:064x}", str(work / f"ns{i}")
+    sid, ns = f"{i:064x}", work / f"ns{i}"
     config = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name=f"p{i}", namespace="bench", uid=str(i)),
                                  port_mappings=[pb.PortMapping(container_port=80, host_port=20000 + i % 1000)])
     netns.create(ns)
     t0 = time.perf_counter()
-    await net.setup(sid, ns, config)
+    await net.setup(sid, str(ns), config)
     t1 = time.perf_counter()
-    await net.teardown(sid, ns, config)
+    await net.teardown(sid, str(ns), config)
     t2 = time.perf_counter()
     netns.remove(ns)
     return (t1 - t0) * 1000, (t2 - t1) * 1000
@@ -73,8 +73,8 @@ async def run(pods: int) -> None:
                 times[name][0].append(up)
                 times[name][1].append(down)
         print(f"pod network, {pods} pods each (ms)      p50     p90     p99")
-        for name, (up, down) in times.items():
-            for what, values in (("setup", up), ("teardown", down)):
+        for name, (ups, downs) in times.items():
+            for what, values in (("setup", ups), ("teardown", downs)):
                 print(f"  {name:8} {what:9}              {pct(values, 50):7.2f} {pct(values, 90):7.2f} "
                       f"{pct(values, 99):7.2f}")
         ratio = statistics.median(times["builtin"][0]) / statistics.median(times["cni"][0])
