@@ -1098,14 +1098,11 @@ class Shim:
 
     def _on_init_chan(self, c: Container) -> None:
         assert c.chan is not None
-        try:
-            data, fds = proto.recv_raw(c.chan)
-        except BlockingIOError:
+        got = _read_child_chan(c.chan)
+        if got is None:
             return
-        except OSError:
-            data, fds = b"", []
-        if data:
-            msg = proto.decode(data)
+        msg, fds = got
+        if msg is not None:
             if msg.get("pty") and fds:
                 c.pty_master = fds.pop(0)
                 self._adopt_pty(c)
@@ -1487,14 +1484,11 @@ class Shim:
 
     def _on_exec_chan(self, e: Exec) -> None:
         assert e.chan is not None
-        try:
-            data, fds = proto.recv_raw(e.chan)
-        except BlockingIOError:
+        got = _read_child_chan(e.chan)
+        if got is None:
             return
-        except OSError:
-            data, fds = b"", []
-        if data:
-            msg = proto.decode(data)
+        msg, fds = got
+        if msg is not None:
             if msg.get("pty") and fds:
                 e.fds_for_daemon.append(fds.pop(0))
                 e.reply_fields["tty"] = True
@@ -1567,6 +1561,18 @@ def _planned(plan: Callable[[], T]) -> T:
         return plan()
     except Exception as e:  # noqa: BLE001 - spec errors of every kind, mapped as the child would report them
         raise ShimError(*cinit.error_of(e)) from None
+
+
+def _read_child_chan(chan: socket.socket) -> tuple[dict[str, Any] | None, list[int]] | None:
+    """One message (and its fds) from a forked child's channel; None while nothing is there yet; no message
+    at EOF, which means execve succeeded (the channel is close-on-exec) or the child died."""
+    try:
+        data, fds = proto.recv_raw(chan)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return None, []
+    return (proto.decode(data) if data else None), fds
 
 
 def fork_into(cgroup: cgroups.Cgroup | None, clone3: bool) -> tuple[int, tuple[str, ...]]:
