@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -198,3 +200,38 @@ def new_daemon(config: dict[str, dict[str, Any]] | None = None, *, cni: bool = T
         sections.setdefault(section, {}).update(keys)
     d.config_path.write_text(toml(sections))
     return d
+
+
+def crictl_on_a_terminal(daemon: Daemon, args: list[str], until: bytes) -> bytes:
+    """`crictl <args>` on a terminal of its own, as a user types it: what it printed, up to `until`."""
+    master, slave = os.openpty()
+    argv = [daemon.crictl("version").args[0], "--config", str(daemon.workdir / "crictl.yaml"), *args]
+    proc = subprocess.Popen(["setsid", "-c", *argv], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        out = _read_pty(master, time.monotonic() + 20, until)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return out
+
+
+def _read_pty(master: int, deadline: float, until: bytes) -> bytes:
+    out = b""
+    while time.monotonic() < deadline and until not in out:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if not ready:
+            continue
+        try:
+            data = os.read(master, 65536)
+        except OSError as e:
+            if e.errno == errno.EIO:
+                break
+            raise
+        if not data:
+            break
+        out += data
+    return out

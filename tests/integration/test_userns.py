@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 
 from cri_shim.api import api_pb2 as pb
 from tests.conftest import stop_and_clean
-from tests.harness.daemon import Daemon
+from tests.harness.daemon import Daemon, crictl_on_a_terminal
 from tests.harness.lifecycle_env import (BUSYBOX, CONFLIST, NGINX, Cri, Mirror, container_config, lifecycle_daemon,
                                          pod_config, rpc_error, start_mirror, wait_for)
 from runtime.linux import netns
@@ -153,29 +152,8 @@ def test_exec_with_a_tty_in_userns_pod_owns_its_terminal(cri: Cri, daemon: Daemo
     pod = userns_pod()
     sid = cri.run_pod(pod)
     cid = cri.run(sid, userns_container(pod, ["sleep", "1000"]))
-    # crictl exec -it needs a terminal of its own: run it on a pty, as its controlling terminal.
-    master, slave = os.openpty()
-    argv = [daemon.crictl("version").args[0], "--config", str(daemon.workdir / "crictl.yaml"),
-            "exec", "-it", cid, "sh", "-c", "echo uid=$(id -u) tty-owner=$(stat -c %u $(tty)) end"]
-    proc = subprocess.Popen(["setsid", "-c", *argv], stdin=slave, stdout=slave, stderr=slave)
-    os.close(slave)
-    out = b""
-    try:
-        deadline = time.monotonic() + 20
-        while b" end" not in out and time.monotonic() < deadline:
-            try:
-                data = os.read(master, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            out += data
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+    out = crictl_on_a_terminal(daemon, ["exec", "-it", cid, "sh", "-c",
+                                        "echo uid=$(id -u) tty-owner=$(stat -c %u $(tty)) end"], b" end")
     assert b"uid=0 tty-owner=0 end" in out, out
 
 

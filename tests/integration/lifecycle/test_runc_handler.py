@@ -21,8 +21,7 @@ import pytest
 
 from cri_shim.api import api_pb2 as pb
 from tests.conftest import stop_and_clean
-from tests.harness.daemon import TMP_BASE, Daemon, make_workdir
-from tests.integration.lifecycle.test_streaming_daemon import crictl_on_a_terminal
+from tests.harness.daemon import TMP_BASE, Daemon, crictl_on_a_terminal, make_workdir
 from tests.harness.lifecycle_env import (Cri, Mirror, container_config, lifecycle_daemon, pod_config, rpc_error,
                                          wait_for)
 

@@ -3,20 +3,16 @@ WebSocket: the Exec/Attach/PortForward RPCs, the streaming server and the pod sh
 
 from __future__ import annotations
 
-import errno
-import os
-import select
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
 
 import grpc
 import pytest
 
 from cri_shim.api import api_pb2 as pb
-from tests.harness.daemon import Daemon
+from tests.harness.daemon import Daemon, crictl_on_a_terminal
 from tests.harness.lifecycle_env import NGINX, Cri, container_config, pod_config, rpc_error, wait_for
 
 TRANSPORTS = ["spdy", "websocket"]
@@ -40,41 +36,6 @@ def test_exec_prints_exactly_the_output_and_reports_the_exit_code(daemon: Daemon
     assert (r.returncode, r.stdout) == (0, b"hello"), r.stderr
     r = _crictl(daemon, "exec", "-i", "--transport", transport, sleeper, "sh", "-c", "cat; exit 42", stdin=b"in\n")
     assert r.stdout == b"in\n" and b"exit code 42" in r.stderr
-
-
-def crictl_on_a_terminal(daemon: Daemon, args: list[str], until: bytes) -> bytes:
-    """`crictl <args>` on a terminal of its own, as a user types it: what it printed, up to `until`."""
-    master, slave = os.openpty()
-    argv = [daemon.crictl("version").args[0], "--config", str(daemon.workdir / "crictl.yaml"), *args]
-    proc = subprocess.Popen(["setsid", "-c", *argv], stdin=slave, stdout=slave, stderr=slave)
-    os.close(slave)
-    try:
-        out = _read_pty(master, time.monotonic() + 20, until)
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    return out
-
-
-def _read_pty(master: int, deadline: float, until: bytes) -> bytes:
-    out = b""
-    while time.monotonic() < deadline and until not in out:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if not ready:
-            continue
-        try:
-            data = os.read(master, 65536)
-        except OSError as e:
-            if e.errno == errno.EIO:
-                break
-            raise
-        if not data:
-            break
-        out += data
-    return out
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
