@@ -530,7 +530,7 @@ class Shim:
         self.config = config
         self.paths = pod_paths(config.pod_dir)
         self.sel = selectors.DefaultSelector()
-        self.hierarchy = host.hierarchy
+        self.host = host
         self.containers: dict[str, Container] = {}
         self.execs: dict[str, Exec] = {}
         self.finished_execs: deque[str] = deque()
@@ -543,8 +543,6 @@ class Shim:
         self.running = True
         self.listener: socket.socket | None = None
         self.wakeup_r = -1
-        self.host_cgroup_mounts = host.cgroup_mounts
-        self.fork_into_cgroup = host.fork_into_cgroup
         self.engines: dict[str, Engine] = {shim_runc.ENGINE_NATIVE: NativeEngine(self)}   # runc ones by binary
 
     # ------------------------------------------------------------ startup
@@ -587,7 +585,7 @@ class Shim:
         return out
 
     def _enter_monitor_cgroup(self) -> None:
-        cg = self.hierarchy.cgroup(cgroups.cgroup_path("cgroupfs", self.config.cgroup_parent, "monitor"))
+        cg = self.host.hierarchy.cgroup(cgroups.cgroup_path("cgroupfs", self.config.cgroup_parent, "monitor"))
         try:
             cg.create()
             cg.add_process(os.getpid())
@@ -968,7 +966,7 @@ class Shim:
             raise ShimError(proto.INVALID_SPEC, f"{cg_path!r} must be an absolute cgroupfs path",
                             "linux.cgroupsPath")
         try:
-            cg = self.hierarchy.cgroup(cg_path)
+            cg = self.host.hierarchy.cgroup(cg_path)
             if cg.exists():
                 raise ShimError(proto.WRONG_STATE, f"cgroup {cg_path} already exists", "linux.cgroupsPath")
             cg.create()
@@ -1052,7 +1050,7 @@ class Shim:
 
     def _cgroup_mounts(self, cg: cgroups.Cgroup) -> tuple[mounts.HostCgroupMount, ...]:
         dirs = cg.dirs()
-        return tuple(dataclasses.replace(h, container_dir=dirs.get(h.name, "")) for h in self.host_cgroup_mounts)
+        return tuple(dataclasses.replace(h, container_dir=dirs.get(h.name, "")) for h in self.host.cgroup_mounts)
 
     def _fork_in_pid_ns(self, pid_ns: str | None, pid_ns_fd: int | None, cgroup: cgroups.Cgroup | None,
                         child: Callable[[tuple[str, ...]], object]) -> int:
@@ -1075,7 +1073,7 @@ class Shim:
             finally:
                 os.close(fd)
         try:
-            pid, procs = fork_into(cgroup, self.fork_into_cgroup)
+            pid, procs = fork_into(cgroup, self.host.fork_into_cgroup)
             if pid == 0:
                 child(procs)    # never returns: the child execs or _exits
                 os._exit(127)
@@ -1420,7 +1418,7 @@ class Shim:
                                   "writable_layer_inodes": inodes, "writable_layer_mountpoint": c.upper}))
 
     def op_sandbox_stats(self, conn: Conn, _msg: dict[str, Any]) -> None:
-        cg = self.hierarchy.cgroup(self.config.cgroup_parent)
+        cg = self.host.hierarchy.cgroup(self.config.cgroup_parent)
         conn.send(proto.ok(stats={**cg.stats().__dict__, "timestamp_ns": time.time_ns()}))
 
     # ------------------------------------------------------------ exec
@@ -1580,10 +1578,8 @@ def fork_into(cgroup: cgroups.Cgroup | None, clone3: bool) -> tuple[int, tuple[s
     syscalls.fork). Returns the pid and the cgroup files the child still writes itself (the v1
     hierarchies, and v2 without clone3: runtime.linux.init._enter_cgroup)."""
     # Everything is computed before the fork: in the child, each page touched is a copy-on-write fault.
-    if cgroup is None:
-        return sc.fork(), ()
-    v2 = cgroup.v2_dir() if clone3 else None
-    procs = tuple(cgroup.join_files(started_in_v2=v2 is not None))
+    v2 = cgroup.v2_dir() if cgroup is not None and clone3 else None
+    procs = tuple(cgroup.join_files(started_in_v2=v2 is not None)) if cgroup is not None else ()
     if v2 is None:
         return sc.fork(), procs
     try:
