@@ -90,7 +90,8 @@ def test_runc_container_lifecycle_exec_logs_stop_remove(cri: Cri, daemon: Daemon
     cri.start(cid)
     assert cri.state(cid) == RUNNING
     pid = pid_of(cri, cid)
-    assert os.readlink(f"/proc/{pid}/exe") == "/bin/sleep"
+    # `runc start` returns before its init execs, and sh execs sleep later still: wait for that, not assume it.
+    assert wait_for(lambda: os.readlink(f"/proc/{pid}/exe") == "/bin/sleep")
     shim_pid = int((daemon.state / "runc" / "pods" / sid / "shim.pid").read_text())
     assert f"PPid:\t{shim_pid}\n" in Path(f"/proc/{pid}/status").read_text()   # reaped by the pod shim
     result = cri.exec_sync(cid, ["sh", "-c", "echo out; echo err >&2; exit 3"])
