@@ -146,6 +146,8 @@ def test_bind_mount_propagation_private_slave_shared(lab: Lab) -> None:
             (src / "hostsub/marker").touch()
             (ctl / "go").touch()
             assert await wait_for(lambda: (ctl / "done").exists(), 10), c.log_text()
+            # The shim writes the log on its own time: wait for the last of the three lines to land.
+            assert await wait_for(lambda: "p-shared:" in _stdout(c.log_text()), 10), c.log_text()
             out = _stdout(c.log_text())
             assert "p-private:no-host-mount" in out
             assert "p-slave:sees-host-mount" in out
