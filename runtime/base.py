@@ -181,6 +181,7 @@ class ContainerState(enum.Enum):
 REASON_OOM_KILLED = "OOMKilled"
 REASON_COMPLETED = "Completed"
 REASON_ERROR = "Error"
+REASON_START_ERROR = "StartError"   # the start failed: the container never ran its process
 
 
 @dataclass(frozen=True)

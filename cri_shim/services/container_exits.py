@@ -55,10 +55,24 @@ def record_status(state: RuntimeState, status: base.ContainerStatus) -> Containe
     if updated == c:
         return c
     state.containers.put(updated)
+    if _started(c, updated):
+        container_events.publish(state, c.id, c.sandbox_id, container_events.STARTED)
     if new_state is ContainerState.EXITED:
         log.info("container %s exited with %d (%s)", c.id[:13], updated.exit_code, updated.reason)
         container_events.publish(state, c.id, c.sandbox_id, container_events.STOPPED)
     return updated
+
+
+def _started(before: Container, after: Container) -> bool:
+    """The record left CREATED for a container that ran.
+
+    STARTED comes from here rather than from StartContainer: a container that exits at once may have its exit
+    event recorded before the start call returns, and STOPPED must never reach a subscriber before STARTED.
+    """
+    if before.state is not ContainerState.CREATED:
+        return False
+    return after.state is ContainerState.RUNNING or (
+        after.state is ContainerState.EXITED and bool(after.started_at) and after.reason != base.REASON_START_ERROR)
 
 
 def on_runtime_event(state: RuntimeState, event: base.RuntimeEvent) -> None:

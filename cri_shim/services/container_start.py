@@ -11,7 +11,7 @@ import logging
 
 from cri_shim.api import api_pb2 as pb
 from cri_shim.errors import CriError, FailedPrecondition
-from cri_shim.services import container_events, phases
+from cri_shim.services import phases
 from cri_shim.services.backend_errors import mapped
 from cri_shim.services.container_exits import record_status
 from cri_shim.services.runtime_state import RuntimeState
@@ -45,10 +45,9 @@ async def start(state: RuntimeState, container_id: str) -> None:
     except CriError:
         await _refresh(state, backend, c.id)
         raise
-    record_status(state, status)
+    record_status(state, status)   # publishes STARTED (and STOPPED if it already exited)
     await state.failpoints.hit("container_start.after_start")
     log.info("container %s started", c.id[:13])
-    container_events.publish(state, c.id, c.sandbox_id, container_events.STARTED)
 
 
 async def _refresh(state: RuntimeState, backend: base.Backend, container_id: str) -> None:

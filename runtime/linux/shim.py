@@ -49,7 +49,7 @@ from runtime.linux import mounts
 from runtime.linux import protocol as proto
 from runtime.linux import shim_runc
 from runtime.linux import syscalls as sc
-from runtime.base import RuntimeFailure
+from runtime.base import REASON_START_ERROR, RuntimeFailure
 from runtime.linux.logs import CriLogWriter
 from runtime.linux.spec import (ShimView, SpecError, check_sysctl, id_mappings, read_spec, shim_view,
                                 sysctl_path)
@@ -1149,7 +1149,7 @@ class Shim:
             c.reaped = True
         if was_starting:
             c.state = STATE_EXITED
-            c.exit_code, c.reason, c.message = 128, "StartError", message
+            c.exit_code, c.reason, c.message = 128, REASON_START_ERROR, message
             c.finished_at = time.time_ns()
             self._close_io(c)
             self._write_exit(c)

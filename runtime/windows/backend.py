@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from runtime import oci
-from runtime.base import (REASON_COMPLETED, REASON_ERROR, ContainerSpec, ContainerState, ContainerStats,
+from runtime.base import (REASON_COMPLETED, REASON_ERROR, REASON_START_ERROR, ContainerSpec, ContainerState, ContainerStats,
                           ContainerStatus, EventKind, ExecResult, ExecSpec, HandlerFeatures, InvalidSpec,
                           IOSession, MonitorLost, ObjectNotFound, RecoveredSandbox, RuntimeEvent, RuntimeFailure,
                           SandboxSpec, SandboxState, SandboxStats, SandboxStatus, StreamKind, Unsupported,
@@ -59,7 +59,6 @@ HANDLER_HYPERV = "runhcs-wcow-hypervisor"
 KILL_WAIT_S = 30.0
 START_ERROR_CODE = 128
 LOST_EXIT_CODE = 255
-REASON_START_ERROR = "StartError"
 
 # POSIX signal numbers kubelet/crictl send -> the console control event a Windows process understands.
 SIGNALS = {15: S.ProcessSignal.CTRL_SHUTDOWN, 2: S.ProcessSignal.CTRL_C, 1: S.ProcessSignal.CTRL_CLOSE,

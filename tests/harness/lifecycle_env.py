@@ -7,8 +7,10 @@ name (the leak check's tag), so `tests/conftest.py`'s leak check covers it.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -225,6 +227,43 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20, interval: float
             return True
         time.sleep(interval)
     return predicate()
+
+
+class Events:
+    """GetContainerEvents read on a thread: what a subscriber such as kubelet's evented PLEG receives."""
+
+    def __init__(self, cri: Cri) -> None:
+        self._call = cri.rt.GetContainerEvents(pb.GetEventsRequest())
+        self.seen: list[tuple[str, int]] = []   # (container or sandbox id, event type) in arrival order
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(grpc.RpcError):   # cancelled by close()
+            for event in self._call:
+                self.seen.append((event.container_id, event.container_event_type))
+
+    def of(self, object_id: str) -> list[int]:
+        return [kind for oid, kind in list(self.seen) if oid == object_id]
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._thread.join(10)
+
+
+def first_pod_seen(cri: Cri, seen: Callable[[str], bool], name: str) -> str:
+    """Run pods until one's CREATED reaches the subscriber: the stream is live from then on.
+
+    An event published before the subscription exists is not queued for it, and nothing else tells a client
+    when the server has subscribed it.
+    """
+    for attempt in range(10):
+        sid = cri.run_pod(pod_config(f"{name}-{attempt}"))
+        if wait_for(lambda: seen(sid), 3):
+            return sid
+        cri.stop_pod(sid)
+        cri.remove_pod(sid)
+    raise AssertionError("the event stream delivered no pod's events in 10 tries")
 
 
 def cgroups_of(sandbox_id: str) -> list[str]:

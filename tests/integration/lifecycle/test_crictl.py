@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
+import threading
 from pathlib import Path
+from typing import IO
 
 from tests.harness.daemon import Daemon
-from tests.harness.lifecycle_env import BUSYBOX, Cri, cgroups_of, wait_for
+from tests.harness.lifecycle_env import BUSYBOX, Cri, cgroups_of, container_config, first_pod_seen, wait_for
 
 
 def _write(path: Path, obj: object) -> str:
@@ -88,31 +89,46 @@ def test_crictl_rm_force_and_rmp_force_remove_running_objects(daemon: Daemon, cr
     assert daemon.crictl("pods", "-q").stdout.strip() == ""
 
 
-def test_crictl_events_reports_the_container_lifecycle(daemon: Daemon, cri: Cri, tmp_path: Path) -> None:
-    pod = _write(tmp_path / "pod.json", {"metadata": {"name": "events", "namespace": "ns", "uid": "u3"}})
-    ctr = _write(tmp_path / "ctr.json", {"metadata": {"name": "bb"}, "image": {"image": BUSYBOX},
-                                         "command": ["sh", "-c", "exit 3"]})
+def test_crictl_events_reports_the_container_lifecycle(daemon: Daemon, cri: Cri) -> None:
     crictl = daemon.crictl("version").args[0]
     events = subprocess.Popen([crictl, "--config", str(daemon.workdir / "crictl.yaml"), "events", "-o", "json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert events.stdout is not None
+    out = bytearray()
+    reader = threading.Thread(target=lambda: _read_all(events.stdout, out), daemon=True)   # type: ignore[arg-type]
+    reader.start()
     try:
-        time.sleep(1.0)  # the stream is open before anything happens
-        sid = daemon.crictl("runp", pod).stdout.strip()
-        cid = daemon.crictl("create", sid, ctr, pod).stdout.strip()
+        sid = first_pod_seen(cri, lambda oid: bool(_event_kinds(out, oid)), "events")
+        cid = cri.create(sid, container_config("bb", command=["sh", "-c", "exit 3"]))
         daemon.crictl("start", cid)
         assert wait_for(lambda: cri.status(cid).status.state == 2)
         daemon.crictl("rm", cid)
-        time.sleep(1.0)
+        assert wait_for(lambda: "CONTAINER_DELETED_EVENT" in _event_kinds(out, cid)), out.decode()
     finally:
         events.terminate()
-        out, _ = events.communicate(timeout=10)
-    seen = []
+        events.wait(10)
+        reader.join(10)
+    # A container that exits at once still reports STARTED before STOPPED.
+    assert _event_kinds(out, cid) == ["CONTAINER_CREATED_EVENT", "CONTAINER_STARTED_EVENT",
+                                      "CONTAINER_STOPPED_EVENT", "CONTAINER_DELETED_EVENT"], out.decode()
+
+
+def _read_all(pipe: IO[bytes], out: bytearray) -> None:
+    while chunk := pipe.read1(65536):
+        out += chunk
+
+
+def _event_kinds(out: bytearray, object_id: str) -> list[str]:
+    """The event types crictl printed for one object, from the complete JSON objects printed so far."""
+    kinds = []
     decoder = json.JSONDecoder()
-    text = out.strip()
+    text = bytes(out).decode().strip()
     while text:
-        obj, end = decoder.raw_decode(text)
+        try:
+            obj, end = decoder.raw_decode(text)
+        except json.JSONDecodeError:
+            break   # the last object is still being printed
         text = text[end:].strip()
-        if obj.get("containerId") == cid:
-            seen.append(obj.get("containerEventType", "CONTAINER_CREATED_EVENT"))
-    assert seen == ["CONTAINER_CREATED_EVENT", "CONTAINER_STARTED_EVENT", "CONTAINER_STOPPED_EVENT",
-                    "CONTAINER_DELETED_EVENT"], out
+        if obj.get("containerId") == object_id:
+            kinds.append(obj.get("containerEventType", "CONTAINER_CREATED_EVENT"))   # 0 is omitted in JSON
+    return kinds

@@ -13,8 +13,8 @@ import pytest
 from cri_shim.api import api_pb2 as pb
 from tests.conftest import stop_and_clean
 from tests.harness.daemon import Daemon
-from tests.harness.lifecycle_env import (BUSYBOX, Cri, Mirror, cgroup_parent, container_config, lifecycle_daemon,
-                                         pod_config, rpc_error)
+from tests.harness.lifecycle_env import (BUSYBOX, Cri, Events, Mirror, cgroup_parent, container_config,
+                                         first_pod_seen, lifecycle_daemon, pod_config, rpc_error, wait_for)
 
 
 def _cgroups_under_parent() -> list[str]:
@@ -107,6 +107,39 @@ def test_start_failure_leaves_a_created_container_that_removes_cleanly(failing: 
     cri.stop_pod(sid)
     cri.remove_pod(sid)
     assert _runtime_leftovers(d) == {}
+
+
+def test_events_keep_lifecycle_order_when_the_exit_beats_the_start_reply(mirror: Mirror, tmp_path: Path) -> None:
+    """StartContainer is held 1 s after the container started, and the container exits at once: its exit is
+    recorded while the call is still running, yet subscribers get STARTED before STOPPED. A start that fails
+    at execve is StartError and gets STOPPED alone: the container never ran."""
+    created, started, stopped = pb.CONTAINER_CREATED_EVENT, pb.CONTAINER_STARTED_EVENT, pb.CONTAINER_STOPPED_EVENT
+    d = lifecycle_daemon(mirror, {"failpoints": "container_start.after_start=delay:1"}).start()
+    cri = Cri(d.client())
+    events = Events(cri)
+    try:
+        cri.pull()
+        sid = first_pod_seen(cri, lambda oid: bool(events.of(oid)), "order")
+        quick = cri.create(sid, container_config("quick", command=["sh", "-c", "exit 3"]))
+        cri.start(quick)
+        assert wait_for(lambda: stopped in events.of(quick))
+        assert events.of(quick) == [created, started, stopped]
+
+        bad = tmp_path / "bad"
+        bad.write_text("#!/no/such/interpreter\n")   # executable, so create accepts it; execve fails (ENOENT)
+        bad.chmod(0o755)
+        broken = cri.create(sid, container_config("broken", command=["/bad"], mounts=[
+            pb.Mount(container_path="/bad", host_path=str(bad), readonly=True)]))
+        assert rpc_error(cri.start, broken).code() != grpc.StatusCode.OK
+        st = cri.status(broken).status
+        assert (st.state, st.reason) == (pb.CONTAINER_EXITED, "StartError"), st
+        assert wait_for(lambda: stopped in events.of(broken))
+        assert events.of(broken) == [created, stopped]
+        cri.clean()
+    finally:
+        events.close()
+        cri.close()
+        stop_and_clean(d)
 
 
 def test_a_missing_program_fails_create_naming_it_and_leaves_nothing(daemon: Daemon, cri: Cri) -> None:
