@@ -101,9 +101,10 @@ def _set_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _read_pty(master: int, deadline: float) -> bytes:
+def _read_pty(master: int, deadline: float, until: bytes | None = None) -> bytes:
+    """What the pty shows until the deadline, EOF, or (if given) until `until` has appeared."""
     out = b""
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (until is None or until not in out):
         ready, _, _ = select.select([master], [], [], 0.2)
         if not ready:
             continue
@@ -124,13 +125,13 @@ def test_crictl_exec_it_in_a_real_terminal_follows_resizes(env: Env, transport: 
     """crictl runs on a pty (its controlling terminal, via setsid -c); resizing that pty reaches the remote tty."""
     master, slave = os.openpty()
     _set_size(slave, 33, 111)
-    cmd = "stty size; sleep 1.5; stty size; exit 7"
+    cmd = "stty size; sleep 2; stty size; exit 7"
     proc = subprocess.Popen(["setsid", "-c", *env.argv("exec", "-it", "--transport", transport, "ctr",
                                                         "sh", "-c", cmd)],
                             stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     try:
-        first = _read_pty(master, time.monotonic() + 1.0)
+        first = _read_pty(master, time.monotonic() + 15, until=b"33 111")   # resize only after the first size
         _set_size(master, 44, 122)  # the kernel sends SIGWINCH to crictl, which sends a resize
         rest = _read_pty(master, time.monotonic() + 15)
         assert proc.wait(timeout=15) == 1  # crictl's exit for a non-zero remote code (see above)

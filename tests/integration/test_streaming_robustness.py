@@ -167,7 +167,9 @@ def test_idle_connections_are_closed_and_their_process_killed() -> None:
         c.sock.settimeout(15)
         for t in ("error", "stdin", "stdout", "stderr"):
             c.open_stream({"streamType": t})
-        time.sleep(0.3)
+        deadline = time.monotonic() + 5   # the server starts it once the streams are open
+        while not _children() - before and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert _children() - before, "the exec process should be running"
         start = time.monotonic()
         c.frames()                                   # returns when the server hangs up

@@ -137,7 +137,9 @@ def test_busybox_pgrep_and_ipcs_scripts(images: dict[str, ti.TestImage], workdir
     with rootfs(images[ti.BUSYBOX].image(), workdir) as r:
         none = run(r, 'chroot "$R" sh -c "pgrep sleep || true"')
         assert none.stdout == "" and none.returncode == 0, none.stderr
-        found = run(r, 'chroot "$R" sleep 30 & sleep 0.5; chroot "$R" pgrep sleep; kill %1')
+        found = run(r, 'chroot "$R" sleep 30 & p=$!; i=0; '
+                       'until [ "$(readlink "$R/proc/$p/exe")" = "$R/bin/sleep" ] || [ $i -ge 400 ]; do '
+                       '  i=$((i+1)); sleep 0.05; done; chroot "$R" pgrep sleep; kill %1')
         assert found.stdout.strip().isdigit(), found
         ipc = run(r, 'id=$(ipcmk -M 1048576 | sed "s/.*: //"); echo "ID=$id"; chroot "$R" ipcs -m')
         segment = ipc.stdout.splitlines()[0].removeprefix("ID=")
@@ -192,7 +194,11 @@ def test_nonewprivs_prints_the_effective_uid_with_and_without_no_new_privs(image
 
 def test_pause_runs_until_sigterm(images: dict[str, ti.TestImage], workdir: Path) -> None:
     with rootfs(images[ti.PAUSE[0]].image(), workdir) as r:
-        out = run(r, 'chroot "$R" /pause & sleep 0.3; kill -0 $! && echo alive; kill -TERM $!; wait $!; echo rc=$?')
+        # SIGTERM only once /pause catches it (bit 15 of SigCgt): sent before its sigaction, it would kill.
+        out = run(r, 'chroot "$R" /pause & p=$!; i=0; '
+                     'until [ $((0x$(awk \'/^SigCgt/ {print $2}\' "$R/proc/$p/status") & 0x4000)) -ne 0 ]; do '
+                     '  i=$((i+1)); [ $i -lt 400 ] || break; sleep 0.05; done; '
+                     'kill -0 $p && echo alive; kill -TERM $p; wait $p; echo rc=$?')
     assert out.stdout.split() == ["alive", "rc=0"], out
 
 

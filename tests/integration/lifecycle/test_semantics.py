@@ -428,7 +428,9 @@ def test_pod_sandbox_metrics_report_the_containers_real_numbers(cri: Cri) -> Non
     limits = pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_shares=256)
     cid = cri.run(sid, container_config(command=["sh", "-c", "sleep 1000 & sleep 1000 & wait"],
                                         linux=pb.LinuxContainerConfig(resources=limits)))
-    assert wait_for(lambda: b"sleep" in cri.exec_sync(cid, ["ps"]).stdout)
+    # Both sleeps forked (sh's own command line has "sleep" in it too, so count lines ending in the command).
+    assert wait_for(lambda: sum(line.rstrip().endswith(b"sleep 1000")
+                                for line in cri.exec_sync(cid, ["ps"]).stdout.splitlines()) == 2)
     pods = cri.rt.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest(), timeout=30).pod_metrics
     [pod] = [p for p in pods if p.pod_sandbox_id == sid]
     [ctr] = pod.container_metrics

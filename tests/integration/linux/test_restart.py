@@ -77,8 +77,7 @@ def test_containers_survive_kill9_of_the_daemon_and_a_new_one_reconciles(lab: La
 
     # with no daemon: the container runs on, its log grows, and its exit is recorded
     n = log_lines(c1["log"])
-    time.sleep(0.3)
-    assert alive(c1["pid"]) and log_lines(c1["log"]) > n
+    assert wait_until(lambda: log_lines(c1["log"]) > n) and alive(c1["pid"])
     (ctl / "stop").touch()
     assert wait_until(lambda: not alive(c1["pid"]))
     exit_file = Path(pod["pod_dir"].replace(pod["pod_dir"], str(lab.state / "pods" / pod["pod"]))) / \
@@ -95,7 +94,9 @@ def test_containers_survive_kill9_of_the_daemon_and_a_new_one_reconciles(lab: La
     assert rec["recovered"][0]["containers"][c1["container"]] == ["exited", 5]
     c2 = d2.next()
     assert d2.next() == {"creating": True}
-    time.sleep(0.5)
+    # Killed once the shim has the third container created (its state.json), not after a guessed pause.
+    states = lab.state / "pods" / pod["pod"] / "containers"
+    assert wait_until(lambda: len(list(states.glob("*/state.json"))) == 3)
     d2.kill9()
 
     # daemon #3 (this process): reconciles created / running / exited, events flow, cleanup is complete
