@@ -135,11 +135,13 @@ def test_events_keep_lifecycle_order_when_the_exit_beats_the_start_reply(mirror:
         assert (st.state, st.reason) == (pb.CONTAINER_EXITED, "StartError"), st
         assert wait_for(lambda: stopped in events.of(broken))
         assert events.of(broken) == [created, stopped]
-        cri.clean()
     finally:
-        events.close()
-        cri.close()
-        stop_and_clean(d)
+        try:
+            cri.clean()   # pod shims outlive the daemon: remove the pods even when an assertion failed
+        finally:
+            events.close()
+            cri.close()
+            stop_and_clean(d)
 
 
 def test_a_missing_program_fails_create_naming_it_and_leaves_nothing(daemon: Daemon, cri: Cri) -> None:
