@@ -318,10 +318,12 @@ def test_userns_pod_survives_a_daemon_restart(mirror: Mirror) -> None:
         assert cri.exec_sync(cid, ["id", "-u"]).stdout == b"0\n"
         later = cri.run(sid, userns_container(pod, ["sleep", "1000"], name="later"))
         assert host_ids(container_pid(cri, later)) == (str(HOST_ID), str(HOST_ID))
-        cri.clean()
     finally:
-        cri.close()
-        stop_and_clean(second if second is not None else first)
+        try:
+            cri.clean()   # pod shims outlive the daemon: remove the pods even when an assertion failed
+        finally:
+            cri.close()
+            stop_and_clean(second if second is not None else first)
 
 
 def test_userns_pods_root_owns_its_network_namespace(cri: Cri) -> None:
