@@ -11,6 +11,7 @@ message, and the traceback goes to the daemon's log only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -126,9 +127,10 @@ class CriInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 result = inner(request, context)
                 if hasattr(result, "__aiter__"):
-                    async for item in result:
-                        sent += 1
-                        yield item
+                    async with contextlib.aclosing(result):   # the handler's cleanup runs now, not at GC
+                        async for item in result:
+                            sent += 1
+                            yield item
                 else:
                     await result
             except BaseException as exc:  # noqa: BLE001
@@ -157,7 +159,10 @@ class _Call:
 
     async def fail(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
         """Record the outcome of `exc`; for domain errors and bugs, abort with the mapped status (raises)."""
-        if isinstance(exc, asyncio.CancelledError):
+        # A stream's client going away reaches the handler as CancelledError while it waits, or as
+        # GeneratorExit while a message is being sent (gRPC closes the generator). Neither is an error,
+        # and there is no one left to send a status to.
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
             self._record(grpc.StatusCode.CANCELLED, "cancelled by the client or its deadline")
             return
         if type(exc).__name__ == "AbortError":  # a status was already set (e.g. by a nested abort)
