@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from runtime import oci
-from runtime.base import (REASON_COMPLETED, REASON_ERROR, REASON_START_ERROR, ContainerSpec, ContainerState, ContainerStats,
-                          ContainerStatus, EventKind, ExecResult, ExecSpec, HandlerFeatures, InvalidSpec,
-                          IOSession, MonitorLost, ObjectNotFound, RecoveredSandbox, RuntimeEvent, RuntimeFailure,
-                          SandboxSpec, SandboxState, SandboxStats, SandboxStatus, StreamKind, Unsupported,
-                          WrongState)
+from runtime.base import (REASON_COMPLETED, REASON_ERROR, REASON_START_ERROR, ContainerSpec, ContainerState,
+                          ContainerStats, ContainerStatus, EventKind, ExecResult, ExecSpec, HandlerFeatures,
+                          InvalidSpec, IOSession, MonitorLost, ObjectNotFound, RecoveredSandbox, RuntimeEvent,
+                          RuntimeFailure, SandboxSpec, SandboxState, SandboxStats, SandboxStatus, StreamKind,
+                          Unsupported, WrongState)
 from runtime.windows import layer_mount, ocimap
 from runtime.windows import schema as S
 from runtime.windows.engines import Engine, EngineConfig, HcsEngine, JobEngine
