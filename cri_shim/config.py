@@ -57,8 +57,8 @@ class RuntimeConfig:
     ksm: str = _doc('Kernel samepage merging (KSM) of the pod shims\' memory. "mark": the memory each shim shares '
                     "with its zygote is marked mergeable, so on a node running KSM (/sys/kernel/mm/ksm/run = 1) "
                     "the pages a shim copied only for CPython's reference counts are merged back (per-pod PSS "
-                    '4.6 -> 0.95 MiB measured at 50 pods); nothing happens while KSM is off. "start": also start KSM at '
-                    "daemon start if it is off (KSM then scans the memory marked mergeable: the shims', and "
+                    '4.6 -> 0.95 MiB measured at 50 pods); nothing happens while KSM is off. "start": also '
+                    "start KSM at daemon start if it is off (KSM then scans the memory marked mergeable: the shims', and "
                     'that of any other program that asked for it, e.g. VMs). "off": mark nothing. Containers '
                     "are never mergeable (the marks are on the shim's mappings, which execve discards).", "mark")
 

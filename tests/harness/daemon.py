@@ -209,7 +209,7 @@ def crictl_on_a_terminal(daemon: Daemon, args: list[str], until: bytes) -> bytes
     proc = subprocess.Popen(["setsid", "-c", *argv], stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     try:
-        out = _read_pty(master, time.monotonic() + 20, until)
+        out = read_pty(master, time.monotonic() + 20, until)
         assert proc.wait(timeout=20) == 0
     finally:
         if proc.poll() is None:
@@ -219,9 +219,10 @@ def crictl_on_a_terminal(daemon: Daemon, args: list[str], until: bytes) -> bytes
     return out
 
 
-def _read_pty(master: int, deadline: float, until: bytes) -> bytes:
+def read_pty(master: int, deadline: float, until: bytes | None = None) -> bytes:
+    """What the pty shows until the deadline, EOF, or (if given) until `until` has appeared."""
     out = b""
-    while time.monotonic() < deadline and until not in out:
+    while time.monotonic() < deadline and (until is None or until not in out):
         ready, _, _ = select.select([master], [], [], 0.2)
         if not ready:
             continue
@@ -229,7 +230,7 @@ def _read_pty(master: int, deadline: float, until: bytes) -> bytes:
             data = os.read(master, 65536)
         except OSError as e:
             if e.errno == errno.EIO:
-                break
+                break  # the program on the terminal exited: the slave side is closed
             raise
         if not data:
             break

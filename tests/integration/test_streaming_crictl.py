@@ -8,10 +8,8 @@ sessions run on the host-process stand-in for the pod shim.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
-import select
 import shutil
 import signal
 import socket
@@ -28,7 +26,7 @@ import pytest
 from cri_shim.api import api_pb2 as pb
 
 from tests.harness.cri_stub import serve
-from tests.harness.daemon import CriClient, make_workdir
+from tests.harness.daemon import CriClient, make_workdir, read_pty
 from tests.harness.stream_server import ServerThread
 
 TRANSPORTS = ["spdy", "websocket"]
@@ -101,25 +99,6 @@ def _set_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _read_pty(master: int, deadline: float, until: bytes | None = None) -> bytes:
-    """What the pty shows until the deadline, EOF, or (if given) until `until` has appeared."""
-    out = b""
-    while time.monotonic() < deadline and (until is None or until not in out):
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if not ready:
-            continue
-        try:
-            data = os.read(master, 65536)
-        except OSError as e:
-            if e.errno == errno.EIO:
-                break  # crictl exited: the slave side is closed
-            raise
-        if not data:
-            break
-        out += data
-    return out
-
-
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_crictl_exec_it_in_a_real_terminal_follows_resizes(env: Env, transport: str) -> None:
     """crictl runs on a pty (its controlling terminal, via setsid -c); resizing that pty reaches the remote tty."""
@@ -131,9 +110,9 @@ def test_crictl_exec_it_in_a_real_terminal_follows_resizes(env: Env, transport: 
                             stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     try:
-        first = _read_pty(master, time.monotonic() + 15, until=b"33 111")   # resize only after the first size
+        first = read_pty(master, time.monotonic() + 15, until=b"33 111")   # resize only after the first size
         _set_size(master, 44, 122)  # the kernel sends SIGWINCH to crictl, which sends a resize
-        rest = _read_pty(master, time.monotonic() + 15)
+        rest = read_pty(master, time.monotonic() + 15)
         assert proc.wait(timeout=15) == 1  # crictl's exit for a non-zero remote code (see above)
     finally:
         if proc.poll() is None:
