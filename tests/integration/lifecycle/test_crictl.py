@@ -95,7 +95,7 @@ def test_crictl_events_reports_the_container_lifecycle(daemon: Daemon, cri: Cri)
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert events.stdout is not None
     out = bytearray()
-    reader = threading.Thread(target=lambda: _read_all(events.stdout, out), daemon=True)   # type: ignore[arg-type]
+    reader = threading.Thread(target=_read_all, args=(events.stdout, out), daemon=True)
     reader.start()
     try:
         sid = first_pod_seen(cri, lambda oid: bool(_event_kinds(out, oid)), "events")
